@@ -1,0 +1,25 @@
+"""Dependencies of the generator's routes: settings, the running service, the token check."""
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from agent_a.service import GeneratorService
+from agent_a.settings import GeneratorSettings
+from services.http import BearerCredentials, check_bearer
+
+
+def get_settings(request: Request) -> GeneratorSettings:
+    return request.app.state.settings
+
+
+def get_service(request: Request) -> GeneratorService:
+    return request.app.state.service
+
+
+SettingsDep = Annotated[GeneratorSettings, Depends(get_settings)]
+ServiceDep = Annotated[GeneratorService, Depends(get_service)]
+
+
+def require_token(credentials: BearerCredentials, settings: SettingsDep) -> None:
+    check_bearer(credentials, settings.api_token)

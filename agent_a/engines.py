@@ -1,0 +1,241 @@
+"""The vLLM engines agent A generates with: chat completions spread over them (least busy
+first), and the control calls a hot swap makes on each (vLLM 0.32's dev-mode routes)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from agent_a.errors import DependencyFailedError, DependencyUnavailableError, InvalidRequestError
+from agent_a.settings import GeneratorSettings
+from services.clients import ServiceUnavailableError, request_with_retry, wait_ready
+
+logger = logging.getLogger(__name__)
+
+BASE_VERSION = "default"  # what vLLM reports before any update_weight_version
+# agent_a.vllm_worker.WeightReloadExtension's methods (not imported: it needs vLLM)
+RELOAD_METHOD = "gvloop_reload_weights"
+READY_METHOD = "gvloop_extension_ready"
+
+
+@dataclass
+class Engine:
+    url: str
+    http: httpx.AsyncClient
+    slots: asyncio.Semaphore
+    in_flight: int = 0
+    version: int = 0
+    """The weight version agent A last set (or read at start) on this engine."""
+    healthy: bool = True
+    problem: str | None = None
+    """Why the engine is out of rotation (a swap it could not recover from)."""
+
+
+class EngineCallError(RuntimeError):
+    """One control call to one engine failed (transport error, timeout or error answer)."""
+
+    def __init__(self, url: str, call: str, cause: str) -> None:
+        super().__init__(f"engine {url}: {call} failed: {cause}")
+        self.url = url
+
+
+def parse_version(raw: str) -> int:
+    """vLLM's weight version string as gvloop's int (0: the base model)."""
+    if raw == BASE_VERSION:
+        return 0
+    if not raw.isdigit():
+        raise ValueError(f"engine serves weight version {raw!r}, not a gvloop version")
+    return int(raw)
+
+
+def error_message(response: httpx.Response) -> str:
+    """The human part of an engine's error body ({"error": {"message"}} or {"detail"})."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:500]
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict) and "message" in error:
+        return str(error["message"])[:500]
+    return str(body.get("detail", body) if isinstance(body, dict) else body)[:500]
+
+
+class EnginePool:
+    def __init__(self, settings: GeneratorSettings) -> None:
+        self.settings = settings
+        self.engines = [
+            Engine(
+                url.rstrip("/"),
+                httpx.AsyncClient(base_url=url.rstrip("/"), timeout=settings.engine_timeout_s),
+                asyncio.Semaphore(settings.max_in_flight_per_engine),
+            )
+            for url in settings.engine_urls
+        ]
+        self.model = ""
+        """The served model's id, as chat requests name it."""
+        self.model_root = ""
+        """The directory (or hub name) the engines loaded at start: the base weights."""
+        self._turn = 0
+
+    async def connect(self) -> list[int]:
+        """Wait for every engine, learn the served model; return each engine's weight version."""
+        await asyncio.gather(
+            *(
+                wait_ready(f"{e.url}/health", self.settings.engine_wait_s, f"engine {e.url}")
+                for e in self.engines
+            )
+        )
+        for engine in self.engines:
+            await self._check_swappable(engine)
+        served = [await self._served_model(e) for e in self.engines]
+        if len(set(served)) > 1:
+            raise RuntimeError(f"the engines serve different models: {served}")
+        self.model, self.model_root = served[0]
+        for engine in self.engines:
+            engine.version = await self.weight_version(engine)
+        return [e.version for e in self.engines]
+
+    def pick(self) -> Engine:
+        """The healthy engine with the fewest requests in flight (taking turns on ties)."""
+        usable = [e for e in self.engines if e.healthy]
+        if not usable:
+            problems = "; ".join(f"{e.url}: {e.problem}" for e in self.engines)
+            raise DependencyUnavailableError(f"no healthy engine ({problems})")
+        least = min(e.in_flight for e in usable)
+        candidates = [e for e in usable if e.in_flight == least]
+        self._turn += 1
+        return candidates[self._turn % len(candidates)]
+
+    async def chat(self, body: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        """One chat completion and the weight version that produced it; transport errors and
+        busy answers are retried.
+
+        The version is the older of what the engine reports just before and just after the
+        request: a swap that lands while the request runs (it then finishes on the new
+        weights), or an engine that restarted on its base weights, or another replica's swap,
+        can only make the recorded version older than some tokens, never newer."""
+        engine = self.pick()
+        engine.in_flight += 1
+        try:
+            async with engine.slots:
+                version = await self._reported_version(engine)
+                response = await request_with_retry(
+                    engine.http,
+                    "POST",
+                    "/v1/chat/completions",
+                    what=f"engine {engine.url}",
+                    policy=self.settings.retry,
+                    json=body,
+                )
+                if response.is_success:
+                    version = min(version, await self._reported_version(engine))
+        except ServiceUnavailableError as exc:
+            raise DependencyUnavailableError(str(exc)) from exc
+        finally:
+            engine.in_flight -= 1
+        if response.status_code in (400, 422):
+            raise InvalidRequestError(f"the engine refused the request: {error_message(response)}")
+        if not response.is_success:
+            raise DependencyFailedError(
+                f"engine {engine.url} answered {response.status_code}: {error_message(response)}"
+            )
+        return response.json(), version
+
+    # control calls of a hot swap: one try each, the swap decides what a failure means
+
+    async def pause(self, engine: Engine) -> None:
+        """Freeze scheduling; requests in flight wait (mode=keep), none is aborted."""
+        await self._control(engine, "POST", "/pause?mode=keep")
+
+    async def reload(self, engine: Engine, checkpoint_dir: str) -> None:
+        timeout = self.settings.reload_timeout_s
+        await self._control(
+            engine,
+            "POST",
+            "/collective_rpc",
+            {
+                "method": RELOAD_METHOD,
+                "kwargs": {"weights_path": checkpoint_dir},
+                "timeout": timeout,
+            },
+            deadline_s=timeout + 5,  # let the engine's own deadline answer first
+        )
+
+    async def set_version(self, engine: Engine, version: int) -> None:
+        await self._control(engine, "POST", "/update_weight_version", {"new_version": str(version)})
+
+    async def reset_prefix_cache(self, engine: Engine) -> None:
+        """Drop KV computed with the old weights, or a repeated prompt reuses it."""
+        answer = await self._control(engine, "POST", "/reset_prefix_cache")
+        if not answer.get("success"):
+            raise EngineCallError(engine.url, "reset_prefix_cache", "cache blocks still held")
+
+    async def resume(self, engine: Engine) -> None:
+        await self._control(engine, "POST", "/resume")
+
+    async def weight_version(self, engine: Engine) -> int:
+        answer = await self._control(engine, "GET", "/weight_info")
+        return parse_version(str(answer.get("weight_version")))
+
+    async def _reported_version(self, engine: Engine) -> int:
+        try:
+            return await self.weight_version(engine)
+        except (EngineCallError, ValueError) as exc:
+            raise DependencyUnavailableError(str(exc)) from exc
+
+    async def is_alive(self, engine: Engine) -> bool:
+        try:
+            response = await engine.http.get("/health", timeout=5.0)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    async def _check_swappable(self, engine: Engine) -> None:
+        """Hot swaps need vLLM's dev-mode routes and gvloop's worker extension."""
+        try:
+            await self._control(engine, "POST", "/collective_rpc", {"method": READY_METHOD})
+        except EngineCallError as exc:
+            raise RuntimeError(
+                f"{exc}: hot swaps cannot work on this engine; start it with "
+                "`gvloop agent-a engine` (VLLM_SERVER_DEV_MODE=1 and the gvloop worker extension)"
+            ) from exc
+
+    async def _served_model(self, engine: Engine) -> tuple[str, str]:
+        answer = await self._control(engine, "GET", "/v1/models")
+        model = answer["data"][0]
+        return str(model["id"]), str(model.get("root") or model["id"])
+
+    async def _control(
+        self,
+        engine: Engine,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        deadline_s: float | None = None,
+    ) -> dict[str, Any]:
+        """One control call. A dropped connection is retried (vLLM closes it after an error
+        answer, and every control call is idempotent); a timeout is not: the engine may still
+        be working on it, and the swap's recovery decides what comes next."""
+        policy = self.settings.retry
+        for attempt in range(1, policy.attempts + 1):
+            try:
+                response = await engine.http.request(
+                    method, path, json=body, timeout=deadline_s or self.settings.control_timeout_s
+                )
+                break
+            except httpx.TransportError as exc:
+                cause = f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, httpx.TimeoutException) or attempt == policy.attempts:
+                    raise EngineCallError(engine.url, path, cause) from exc
+                await asyncio.sleep(policy.delay(attempt))
+        if not response.is_success:
+            cause = f"HTTP {response.status_code}: {error_message(response)}"
+            raise EngineCallError(engine.url, path, cause)
+        return response.json() if response.content else {}
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(e.http.aclose() for e in self.engines))

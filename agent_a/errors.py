@@ -1,0 +1,54 @@
+"""Agent A's errors, each with the HTTP status the API answers it with: the domain modules raise
+them, one exception handler in `app.py` turns them into `{"detail": ...}` responses."""
+
+from __future__ import annotations
+
+
+class AgentAError(Exception):
+    status_code = 500
+
+    def __init__(self, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers
+
+
+class InvalidRequestError(AgentAError):
+    """A request the API cannot serve as asked (over a limit, contradictory options)."""
+
+    status_code = 422
+
+
+class CheckpointRejectedError(AgentAError):
+    """A swap target that is not a loadable checkpoint of the served model."""
+
+    status_code = 422
+
+
+class CheckpointOutsideRootError(AgentAError):
+    status_code = 403
+
+
+class QueueBusyError(AgentAError):
+    """Backpressure: the sample queue (or the job runner) is full; retry later."""
+
+    status_code = 429
+
+    def __init__(self, detail: str, retry_after_s: int) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after_s)})
+
+
+class DependencyUnavailableError(AgentAError):
+    """An engine, the verifier or Redis did not answer, after retries."""
+
+    status_code = 503
+
+
+class DependencyFailedError(AgentAError):
+    """An engine or the verifier answered with an error that retrying would not fix."""
+
+    status_code = 502
+
+
+class JobNotFoundError(AgentAError):
+    status_code = 404

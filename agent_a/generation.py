@@ -1,0 +1,236 @@
+"""Generate -> verify -> enqueue: each problem of a request goes to an engine (n samples, the
+model's chat template, the token ids vLLM used), its solutions to agent B, and each verified
+sample to the Redis stream. Problems run concurrently; the first failure cancels the rest.
+
+No sample is queued without feedback: a problem whose verification fails queues nothing. A
+sample the queue refuses (full, or Redis gone) after verification is still returned, with
+`queued: false`, and logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+from redis.exceptions import RedisError
+
+from agent_a import metrics
+from agent_a.engines import EnginePool
+from agent_a.errors import (
+    DependencyFailedError,
+    DependencyUnavailableError,
+    InvalidRequestError,
+    QueueBusyError,
+)
+from agent_a.hotswap import HotSwapper
+from agent_a.settings import GeneratorSettings
+from services.clients import ServiceError, ServiceUnavailableError, VerifierClient
+from services.queue import QueueFullError, SampleQueue
+from services.schemas import (
+    ChatMessage,
+    Feedback,
+    GeneratedSolution,
+    GenerateRequest,
+    GenerateResponse,
+    ProblemIn,
+    ProblemResult,
+    Sample,
+    VerifyBatchRequest,
+    VerifyRequest,
+    VerifyResponse,
+    new_id,
+    utcnow,
+)
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def chat_messages(problem: ProblemIn, system_prompt: str | None) -> list[ChatMessage]:
+    """The prompt as sent: the engine applies the model's chat template to it."""
+    system = [ChatMessage(role="system", content=system_prompt)] if system_prompt else []
+    return [*system, ChatMessage(role="user", content=problem.problem)]
+
+
+class Generator:
+    def __init__(
+        self,
+        pool: EnginePool,
+        swapper: HotSwapper,
+        verifier: VerifierClient,
+        queue: SampleQueue,
+        settings: GeneratorSettings,
+    ) -> None:
+        self.pool = pool
+        self.swapper = swapper
+        self.verifier = verifier
+        self.queue = queue
+        self.settings = settings
+
+    async def admit(self, request: GenerateRequest) -> None:
+        """Refuse, before any work, what is over a limit or cannot be queued now."""
+        planned = len(request.problems) * request.n
+        if planned > self.settings.max_samples_per_request:
+            raise InvalidRequestError(
+                f"{len(request.problems)} problems x n={request.n} = {planned} samples, over the "
+                f"limit of {self.settings.max_samples_per_request} per request: split the batch"
+            )
+        if request.n > 1 and request.sampling.temperature == 0:
+            raise InvalidRequestError(
+                "n > 1 with temperature 0 would give n identical greedy samples: use n=1 or "
+                "a temperature above 0"
+            )
+        if planned > self.queue.max_backlog:
+            raise InvalidRequestError(
+                f"{planned} samples can never fit the queue bound of {self.queue.max_backlog}"
+            )
+        try:
+            backlog = await self.queue.client.xlen(self.queue.stream)
+        except RedisError as exc:
+            raise DependencyUnavailableError(f"Redis (the sample queue) failed: {exc}") from exc
+        if backlog + planned > self.queue.max_backlog:
+            raise QueueBusyError(
+                f"the sample queue holds {backlog} of at most {self.queue.max_backlog} samples, "
+                f"no room for {planned} more: the trainer is behind, retry later",
+                self.settings.retry_after_s,
+            )
+
+    async def generate(self, request: GenerateRequest) -> GenerateResponse:
+        started = time.perf_counter()
+        results = await _all_or_none([self._solve(p, request) for p in request.problems])
+        solutions = [s for r in results for s in r.solutions]
+        logger.info(
+            "%d problems -> %d samples (v%s): %d correct, mean score %.2f, %d queued, %.1fs",
+            len(results),
+            len(solutions),
+            ",".join(sorted({str(s.weight_version) for s in solutions})),
+            sum(s.feedback.is_correct for s in solutions),
+            sum(s.feedback.combined for s in solutions) / max(1, len(solutions)),
+            sum(s.queued for s in solutions),
+            time.perf_counter() - started,
+        )
+        return GenerateResponse(data=results, count=len(results))
+
+    async def _solve(self, problem: ProblemIn, request: GenerateRequest) -> ProblemResult:
+        problem_id = problem.id or new_id()
+        messages = chat_messages(problem, request.system_prompt)
+        metrics.IN_FLIGHT.inc()
+        try:
+            created = utcnow()
+            await self.swapper.wait_idle()
+            with metrics.ENGINE_SECONDS.time():
+                answer, version = await self.pool.chat(self._chat_body(messages, request))
+            choices = sorted(answer["choices"], key=lambda c: c["index"])
+            prompt_ids = answer.get("prompt_token_ids")
+            if not prompt_ids or any(c.get("token_ids") is None for c in choices):
+                raise DependencyFailedError("the engine returned no token ids (return_token_ids)")
+            texts = [c["message"]["content"] or "" for c in choices]
+            verdicts = await self._verify(problem, problem_id, texts)
+        finally:
+            metrics.IN_FLIGHT.dec()
+        solutions = []
+        for choice, text, verdict in zip(choices, texts, verdicts, strict=True):
+            sample = Sample(
+                problem_id=problem_id,
+                problem=problem.problem,
+                reference_answer=problem.reference_answer,
+                messages=messages,
+                prompt_token_ids=prompt_ids,
+                completion_token_ids=choice["token_ids"],
+                sampling=request.sampling,
+                solution=text,
+                feedback=Feedback(
+                    solution_score=verdict.solution_score,
+                    reasoning_score=verdict.reasoning_score,
+                    is_correct=verdict.is_correct,
+                ),
+                weight_version=version,
+                model=self.pool.model,
+                created_at=created,
+            )
+            queued = await self._enqueue(sample)
+            metrics.COMPLETION_TOKENS.inc(len(sample.completion_token_ids))
+            solutions.append(
+                GeneratedSolution(
+                    sample_id=sample.sample_id,
+                    solution=text,
+                    feedback=verdict,
+                    weight_version=version,
+                    completion_tokens=len(sample.completion_token_ids),
+                    finish_reason=choice.get("finish_reason"),
+                    queued=queued,
+                )
+            )
+        return ProblemResult(
+            problem_id=problem_id,
+            problem=problem.problem,
+            reference_answer=problem.reference_answer,
+            solutions=solutions,
+        )
+
+    def _chat_body(self, messages: list[ChatMessage], request: GenerateRequest) -> dict[str, Any]:
+        return {
+            "model": self.pool.model,
+            "messages": [m.model_dump() for m in messages],
+            "n": request.n,
+            **request.sampling.model_dump(exclude_none=True),
+            "return_token_ids": True,
+        }
+
+    async def _verify(
+        self, problem: ProblemIn, problem_id: str, solutions: list[str]
+    ) -> list[VerifyResponse]:
+        batch = VerifyBatchRequest(
+            items=[
+                VerifyRequest(
+                    problem=problem.problem, solution=s, reference_answer=problem.reference_answer
+                )
+                for s in solutions
+            ]
+        )
+        try:
+            with metrics.VERIFY_SECONDS.time():
+                response = await self.verifier.verify_batch(batch)
+        except ServiceUnavailableError as exc:
+            raise DependencyUnavailableError(
+                f"{exc}; no sample of problem {problem_id} was queued"
+            ) from exc
+        except ServiceError as exc:
+            raise DependencyFailedError(
+                f"{exc}; no sample of problem {problem_id} was queued"
+            ) from exc
+        if response.count != len(solutions):
+            raise DependencyFailedError(
+                f"the verifier scored {response.count} of {len(solutions)} solutions"
+            )
+        return response.data
+
+    async def _enqueue(self, sample: Sample) -> bool:
+        try:
+            await self.queue.put(sample)
+        except (QueueFullError, RedisError) as exc:
+            logger.warning(
+                "sample %s (problem %s) returned to the client but NOT queued: %s",
+                sample.sample_id,
+                sample.problem_id,
+                exc,
+            )
+            metrics.SAMPLES.labels("false").inc()
+            return False
+        metrics.SAMPLES.labels("true").inc()
+        return True
+
+
+async def _all_or_none(coroutines: list[Awaitable[T]]) -> list[T]:
+    """Await all concurrently; on the first failure cancel the others and raise it."""
+    tasks = [asyncio.ensure_future(c) for c in coroutines]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise

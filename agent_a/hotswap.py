@@ -1,0 +1,203 @@
+"""Hot swap: load a checkpoint into every engine without a restart, and never serve half-loaded
+weights.
+
+Per swap, on every live engine at once: pause (mode=keep: in-flight requests freeze, none is
+aborted), reload the weights in place, set the weight version, reset the prefix cache (KV
+computed with the old weights must not be reused), resume. Each phase is timed.
+
+If a reload (or what follows it) fails on any engine, every engine stays paused while they all
+reload the last good checkpoint (the base model if none); only engines that got it back resume.
+An engine that cannot recover stays paused and out of rotation, and the swap reports it.
+
+Version recording: a request frozen by the pause finishes on the new weights, so its tokens
+span two versions; agent A records the older one (see `EnginePool.chat`). New requests wait
+while a swap runs, so they are recorded with the version that actually serves them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent_a import metrics
+from agent_a.engines import Engine, EnginePool
+from agent_a.errors import AgentAError, DependencyFailedError, DependencyUnavailableError
+from services.schemas import SwapResponse, SwapTimings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Weights:
+    version: int
+    checkpoint_dir: str | None
+    """None: the base model the engines started with."""
+
+
+class HotSwapper:
+    def __init__(
+        self,
+        pool: EnginePool,
+        weights: Weights,
+        record: Callable[[Weights], Awaitable[None]],
+        max_swap_s: float,
+    ) -> None:
+        self.pool = pool
+        self.weights = weights
+        self.record = record
+        self.max_swap_s = max_swap_s
+        self._lock = asyncio.Lock()  # one swap at a time
+        self._idle = asyncio.Event()
+        self._idle.set()
+        metrics.WEIGHT_VERSION.set(weights.version)
+
+    async def wait_idle(self) -> None:
+        """Hold a new request while a swap runs (bounded: every swap step has a deadline)."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), self.max_swap_s)
+        except TimeoutError:
+            raise DependencyUnavailableError(
+                f"a weight swap has held generation for {self.max_swap_s:.0f}s"
+            ) from None
+
+    async def swap(self, checkpoint_dir: Path, version: int) -> SwapResponse:
+        """Serve `checkpoint_dir` as weight version `version` on every live engine."""
+        async with self._lock:
+            self._idle.clear()
+            try:
+                return await self._swap(str(checkpoint_dir), version)
+            finally:
+                self._idle.set()
+
+    async def _swap(self, path: str, version: int) -> SwapResponse:
+        started = time.perf_counter()
+        targets = await self._live_engines()
+        try:
+            await _each(targets, self.pool.pause)
+        except Exception as exc:
+            await asyncio.gather(*(self.pool.resume(e) for e in targets), return_exceptions=True)
+            metrics.SWAPS.labels("abandoned").inc()
+            raise DependencyUnavailableError(
+                f"swap to v{version} abandoned, nothing changed: {exc}"
+            ) from exc
+        paused = time.perf_counter()
+        try:
+            await _each(targets, lambda e: self.pool.reload(e, path))
+            reloaded = time.perf_counter()
+            await _each(targets, lambda e: self.pool.set_version(e, version))
+            await _each(targets, self.pool.reset_prefix_cache)
+        except Exception as exc:  # whatever broke, no engine may resume on these weights
+            logger.error("swap to v%d (%s) failed: %s; recovering", version, path, exc)
+            raise await self._recover(targets, path, version, exc) from exc
+        for engine in targets:
+            engine.version = version
+        not_resumed = await self._resume(targets, f"loaded v{version} but did not resume")
+        self.weights = Weights(version, path)
+        await self.record(self.weights)
+        timings = SwapTimings(
+            pause_s=paused - started,
+            reload_s=reloaded - paused,
+            resume_s=time.perf_counter() - reloaded,
+            total_s=time.perf_counter() - started,
+        )
+        self._observe(timings)
+        logger.info(
+            "swapped to v%d (%s) on %d engine(s): pause %.3fs, reload %.3fs, resume %.3fs, "
+            "total %.3fs",
+            version,
+            path,
+            len(targets),
+            timings.pause_s,
+            timings.reload_s,
+            timings.resume_s,
+            timings.total_s,
+        )
+        if not_resumed:
+            raise DependencyUnavailableError(
+                f"swapped to v{version}, but engines {not_resumed} did not resume: out of rotation"
+            )
+        return SwapResponse(
+            version=version, checkpoint_dir=path, engines=len(targets), timings=timings
+        )
+
+    async def _recover(
+        self, targets: list[Engine], path: str, version: int, failure: Exception
+    ) -> AgentAError:
+        """Reload the last good weights on every target (all still paused); resume those that
+        got them back, keep the rest paused and out of rotation."""
+        good = self.weights
+        source = good.checkpoint_dir or self.pool.model_root
+        results = await asyncio.gather(
+            *(self._restore(e, source, good.version) for e in targets), return_exceptions=True
+        )
+        lost = []
+        for engine, result in zip(targets, results, strict=True):
+            if isinstance(result, Exception):
+                engine.healthy = False
+                engine.problem = f"paused: could not recover v{good.version} ({result})"
+                lost.append(f"{engine.url} ({result})")
+            else:
+                engine.version = good.version
+        metrics.SWAPS.labels("failed").inc()
+        cause = f"loading {path} as v{version} failed: {failure}"
+        if lost:
+            logger.error("%s; engines could not recover and stay paused: %s", cause, lost)
+            return DependencyUnavailableError(
+                f"{cause}; could not recover v{good.version} ({source}), so these engines stay "
+                f"paused, out of rotation: {'; '.join(lost)}"
+            )
+        logger.warning("%s; every engine is back on v%d (%s)", cause, good.version, source)
+        return DependencyFailedError(
+            f"{cause}; every engine recovered v{good.version} ({source}) and resumed"
+        )
+
+    async def _restore(self, engine: Engine, source: str, version: int) -> None:
+        await self.pool.reload(engine, source)
+        await self.pool.set_version(engine, version)
+        await self.pool.reset_prefix_cache(engine)
+        await self.pool.resume(engine)
+
+    async def _live_engines(self) -> list[Engine]:
+        """Engines that answer /health; a dead one is taken out of rotation, not waited for
+        (a later swap takes it back once it answers)."""
+        alive = await asyncio.gather(*(self.pool.is_alive(e) for e in self.pool.engines))
+        targets = []
+        for engine, ok in zip(self.pool.engines, alive, strict=True):
+            if ok:
+                targets.append(engine)
+            else:
+                engine.healthy = False
+                engine.problem = "did not answer /health at the last swap"
+        if not targets:
+            raise DependencyUnavailableError("no engine answers /health: nothing to swap")
+        return targets
+
+    async def _resume(self, targets: list[Engine], problem: str) -> list[str]:
+        results = await asyncio.gather(
+            *(self.pool.resume(e) for e in targets), return_exceptions=True
+        )
+        failed = []
+        for engine, result in zip(targets, results, strict=True):
+            engine.healthy = not isinstance(result, Exception)
+            engine.problem = None if engine.healthy else f"{problem}: {result}"
+            if not engine.healthy:
+                failed.append(engine.url)
+        return failed
+
+    def _observe(self, timings: SwapTimings) -> None:
+        metrics.SWAPS.labels("ok").inc()
+        metrics.WEIGHT_VERSION.set(self.weights.version)
+        for phase in ("pause", "reload", "resume", "total"):
+            metrics.SWAP_SECONDS.labels(phase).observe(getattr(timings, f"{phase}_s"))
+
+
+async def _each(engines: list[Engine], call: Callable[[Engine], Awaitable[None]]) -> None:
+    """Run `call` on every engine at once; after all are done, raise the first failure."""
+    results = await asyncio.gather(*(call(e) for e in engines), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result

@@ -1,0 +1,109 @@
+"""`gvloop agent-b serve` and `gvloop verify`."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Annotated, Literal
+
+import typer
+
+from services.logs import setup_logging
+
+if TYPE_CHECKING:
+    from agent_b.settings import VerifierSettings
+    from services.schemas import VerifyRequest, VerifyResponse
+
+app = typer.Typer(help="Agent B: the verifier service.", no_args_is_help=True)
+
+ModelOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Judge model (HF directory or name). Default: GVLOOP_VERIFIER_JUDGE_MODEL, "
+        "else GVLOOP_MODEL."
+    ),
+]
+
+
+def _settings(**overrides: object) -> VerifierSettings:
+    from agent_b.settings import VerifierSettings
+
+    return VerifierSettings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+@app.command("serve")
+def serve(
+    host: Annotated[str | None, typer.Option(help="Default: GVLOOP_VERIFIER_HOST.")] = None,
+    port: Annotated[int | None, typer.Option(help="Default: GVLOOP_VERIFIER_PORT.")] = None,
+    model: ModelOption = None,
+) -> None:
+    """Run the verifier API (POST /verify, /verify/batch; GET /health, /metrics, /docs)."""
+    import uvicorn
+
+    from agent_b.app import create_app
+
+    settings = _settings(host=host, port=port, judge_model=model)
+    setup_logging(settings.log_level)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+
+
+async def _verify_local(settings: VerifierSettings, request: VerifyRequest) -> VerifyResponse:
+    from agent_b.metrics import VerifierMetrics
+    from agent_b.scoring import setup_verifier
+
+    verifier = setup_verifier(settings, VerifierMetrics())
+    try:
+        if request.method != "rule":  # rules alone need no model
+            await verifier.load()
+        return await verifier.verify(request)
+    finally:
+        await verifier.aclose()
+
+
+async def _verify_remote(url: str, token: str | None, request: VerifyRequest) -> VerifyResponse:
+    from services.clients import VerifierClient
+
+    async with VerifierClient(url, token, timeout_s=120) as client:
+        return await client.verify(request)
+
+
+def verify(
+    problem: Annotated[str, typer.Option(help="The problem statement.")],
+    solution: Annotated[str, typer.Option(help="The solution to score.")],
+    reference: Annotated[str | None, typer.Option(help="Reference final answer.")] = None,
+    method: Annotated[
+        Literal["auto", "rule", "model"],
+        typer.Option(help="auto: rule with a reference, else the judge."),
+    ] = "auto",
+    url: Annotated[
+        str | None, typer.Option(help="Verifier URL. Default: http://GVLOOP_VERIFIER_HOST:PORT.")
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option(help="Bearer token. Default: GVLOOP_VERIFIER_API_TOKEN.")
+    ] = None,
+    local: Annotated[
+        bool, typer.Option("--local", help="Score in this process instead of calling a server.")
+    ] = False,
+    model: ModelOption = None,
+) -> None:
+    """Score one solution and print the verifier's JSON answer."""
+    from pydantic import ValidationError
+
+    from agent_b.judge import JudgeUnavailableError
+    from services.clients import ServiceError, ServiceUnavailableError
+    from services.schemas import VerifyRequest
+
+    settings = _settings(judge_model=model)
+    setup_logging("WARNING")
+    try:
+        request = VerifyRequest(
+            problem=problem, solution=solution, reference_answer=reference, method=method
+        )
+        if local:
+            response = asyncio.run(_verify_local(settings, request))
+        else:
+            base = url or f"http://{settings.host}:{settings.port}"
+            response = asyncio.run(_verify_remote(base, token or settings.api_token, request))
+    except (ValidationError, JudgeUnavailableError, ServiceError, ServiceUnavailableError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(response.model_dump_json(indent=2))

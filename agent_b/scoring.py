@@ -1,0 +1,171 @@
+"""From a request to a verdict: the rules, the judge, and how their numbers combine.
+
+Which method decides (`decided_by`):
+- `rule`   (method "rule", or "auto" with a reference answer, the default for the pipeline):
+  rules only, the judge is never called.
+- `both`   (method "auto" with a reference answer and `judge_reasoning` on): the rule decides
+  `is_correct` and `solution_score`; the judge adds its view of the steps to `reasoning_score`.
+- `model`  (method "auto" without a reference, or method "model"): the judge decides
+  `is_correct` and `solution_score`; a reference answer is then ignored, which measures the
+  judge on its own (the generation-verification gap).
+
+Why the pipeline's default leaves the judge out: with a reference answer correctness is
+certain, and a judge as small as the default model (135M) verifies barely better than chance
+(the relative generation-verification gap of small models is near zero), while on a CPU its
+forward pass costs about as much as generating the sample. The arithmetic check is exact and
+costs microseconds. With a judge that can verify (a big model behind the openai backend), turn
+`judge_reasoning` on.
+
+The scores:
+- solution_score = 1 if the extracted answer is equivalent to the reference else 0 (rule; a
+  comparison still undecided at its deadline counts as not equivalent); p_correct, the judge's
+  p(Yes) to "is the final answer correct?" (model).
+- is_correct = solution_score == 1 (rule); p_correct >= threshold (model).
+- reasoning_score = w * a + (1 - w) * p_reasoning, with
+  a = fraction of the `x op y = z` statements in the solution that hold when re-evaluated,
+  n = how many were checked, w = n / (n + 1) (0 when none: nothing to check),
+  p_reasoning = the judge's p(Yes) to "is every step valid?", or 0.5 (no opinion) when the
+  judge is not asked (method "rule", or `judge_reasoning` off).
+  One checked statement weighs as much as the judge, each further one more: a wrong stated
+  calculation is certain evidence of a broken step, the judge's opinion is not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Literal
+
+from agent_b.equivalence import EquivalencePool
+from agent_b.judge import Judge, JudgeQuery, JudgeUnavailableError, Question, setup_judge
+from agent_b.metrics import VerifierMetrics
+from agent_b.rules import ArithmeticCheck, check_arithmetic, extract_answer
+from agent_b.settings import VerifierSettings
+from services.schemas import VerifyRequest, VerifyResponse
+
+logger = logging.getLogger(__name__)
+
+NO_OPINION = 0.5
+
+
+def compute_reasoning_score(arithmetic: ArithmeticCheck, p_reasoning: float | None) -> float:
+    """w * a + (1 - w) * p with w = n / (n + 1); see the module docstring."""
+    judge = NO_OPINION if p_reasoning is None else p_reasoning
+    if arithmetic.fraction is None:
+        return judge
+    weight = arithmetic.checked / (arithmetic.checked + 1)
+    return weight * arithmetic.fraction + (1 - weight) * judge
+
+
+def decided_by(request: VerifyRequest, judge_reasoning: bool) -> Literal["rule", "model", "both"]:
+    if request.method == "model" or request.reference_answer is None:
+        return "model"
+    if request.method == "rule" or not judge_reasoning:
+        return "rule"
+    return "both"
+
+
+class Verifier:
+    """Scores requests; owns the math-verify workers and the judge."""
+
+    def __init__(
+        self,
+        settings: VerifierSettings,
+        equivalence: EquivalencePool,
+        judge: Judge,
+        metrics: VerifierMetrics,
+    ) -> None:
+        self.settings = settings
+        self.equivalence = equivalence
+        self.judge = judge
+        self.metrics = metrics
+        self.load_error: str | None = None
+
+    async def load(self) -> None:
+        """Warm the math-verify workers and load the judge; a failure is kept for /health."""
+        try:
+            await asyncio.gather(self.equivalence.warm_up(), self.judge.load())
+        except Exception as exc:
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            logger.error("judge failed to load (%s): %s", self.judge.name, self.load_error)
+
+    async def _ask(self, problem: str, solution: str, question: Question) -> float:
+        if not self.judge.ready:
+            state = f"failed to load: {self.load_error}" if self.load_error else "is loading"
+            self.metrics.errors.labels("judge_unavailable").inc()
+            raise JudgeUnavailableError(f"the judge model {state}")
+        try:
+            return await asyncio.wait_for(
+                self.judge.p_yes(JudgeQuery(problem, solution, question)),
+                self.settings.judge_timeout_s,
+            )
+        except TimeoutError as exc:
+            self.metrics.errors.labels("judge_timeout").inc()
+            raise JudgeUnavailableError(
+                f"the judge did not answer within {self.settings.judge_timeout_s:.0f}s"
+            ) from exc
+
+    async def verify(self, request: VerifyRequest) -> VerifyResponse:
+        started = time.perf_counter()
+        method = decided_by(request, self.settings.judge_reasoning)
+        extracted = extract_answer(request.solution)
+        arithmetic = check_arithmetic(request.solution)
+        p_correct: float | None = None
+        if method == "model":
+            p_correct, p_reasoning = await asyncio.gather(
+                self._ask(request.problem, request.solution, "correct"),
+                self._ask(request.problem, request.solution, "reasoning"),
+            )
+            is_correct = p_correct >= self.settings.threshold
+            solution_score = p_correct
+        else:
+            assert request.reference_answer is not None
+            equivalent, p_reasoning = await asyncio.gather(
+                self._equivalent(extracted, request.reference_answer),
+                self._ask(request.problem, request.solution, "reasoning")
+                if method == "both"
+                else _none(),
+            )
+            is_correct = equivalent is True
+            solution_score = float(is_correct)
+        self.metrics.verifications.labels(method, str(is_correct).lower()).inc()
+        return VerifyResponse(
+            solution_score=solution_score,
+            reasoning_score=compute_reasoning_score(arithmetic, p_reasoning),
+            is_correct=is_correct,
+            extracted_answer=extracted,
+            decided_by=method,
+            judge_p_correct=p_correct,
+            judge_p_reasoning=p_reasoning,
+            arithmetic_checked=arithmetic.checked,
+            arithmetic_correct=arithmetic.correct,
+            model=self.judge.name,
+            latency_ms=(time.perf_counter() - started) * 1000,
+        )
+
+    async def _equivalent(self, extracted: str | None, reference: str) -> bool | None:
+        if extracted is None:
+            return False
+        equivalent = await self.equivalence.equivalent(extracted, reference)
+        if equivalent is None:
+            self.metrics.errors.labels("comparison_undecided").inc()
+        return equivalent
+
+    async def verify_many(self, requests: list[VerifyRequest]) -> list[VerifyResponse]:
+        """All at once, so their judge questions share forward passes."""
+        return list(await asyncio.gather(*(self.verify(r) for r in requests)))
+
+    async def aclose(self) -> None:
+        await self.judge.aclose()
+        self.equivalence.close()
+
+
+async def _none() -> None:
+    return None
+
+
+def setup_verifier(settings: VerifierSettings, metrics: VerifierMetrics) -> Verifier:
+    """The verifier the settings describe; `await verifier.load()` before asking the judge."""
+    pool = EquivalencePool(settings.rule_workers, settings.rule_timeout_s)
+    return Verifier(settings, pool, setup_judge(settings, metrics), metrics)

@@ -1,0 +1,134 @@
+"""Generator throughput benchmark: problems/s and completion tokens/s through the generator API
+(generation, verification by agent B, the Redis queue) against raw chat completions to the same
+vLLM engine, with the same prompts, sampling and seeds, in one run. The ratio is the pipeline's
+overhead. Rounds alternate raw and pipeline so drift on a shared machine hits both alike.
+
+Engine, verifier and generator are real `gvloop` processes, wired as `gvloop up` wires them.
+
+    python bench/bench_generator.py --model default --problems 32 --n 4 --max-tokens 64
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import typer
+
+from services.clients import GeneratorClient
+from services.launcher import Launcher
+from services.models import resolve_model
+from services.problems import BUILTIN_TRAIN, load_problems
+from services.redis_server import EmbeddedRedis
+from services.schemas import GenerateRequest, ProblemIn, SamplingParams
+from services.settings import CommonSettings
+from services.stack import StackPorts, local_components
+
+Rate = tuple[float, float]  # (problems/s, completion tokens/s)
+
+
+async def raw(engine_url: str, problems: list[ProblemIn], n: int, sampling: SamplingParams) -> Rate:
+    """Every problem as its own chat completion, all at once (as the generator sends them)."""
+    async with httpx.AsyncClient(base_url=engine_url, timeout=1800) as http:
+        model = (await http.get("/v1/models")).json()["data"][0]["id"]
+
+        async def one(problem: ProblemIn) -> int:
+            body = {
+                "model": model,
+                "messages": [{"role": "user", "content": problem.problem}],
+                "n": n,
+                **sampling.model_dump(exclude_none=True),
+            }
+            response = await http.post("/v1/chat/completions", json=body)
+            response.raise_for_status()
+            return response.json()["usage"]["completion_tokens"]
+
+        started = time.perf_counter()
+        tokens = sum(await asyncio.gather(*(one(p) for p in problems)))
+        elapsed = time.perf_counter() - started
+    return len(problems) / elapsed, tokens / elapsed
+
+
+async def pipeline(
+    generator_url: str, problems: list[ProblemIn], n: int, sampling: SamplingParams
+) -> Rate:
+    """The same problems as one POST /problems: generated, verified and queued."""
+    async with GeneratorClient(generator_url, timeout_s=1800) as client:
+        started = time.perf_counter()
+        response = await client.generate(GenerateRequest(problems=problems, n=n, sampling=sampling))
+        elapsed = time.perf_counter() - started
+    solutions = [s for r in response.data for s in r.solutions]
+    assert all(s.queued for s in solutions)
+    return len(problems) / elapsed, sum(s.completion_tokens for s in solutions) / elapsed
+
+
+async def measure(
+    ports: StackPorts, problems: list[ProblemIn], n: int, sampling: SamplingParams, rounds: int
+) -> tuple[list[Rate], list[Rate]]:
+    engine_url = f"http://127.0.0.1:{ports.engine}"
+    generator_url = f"http://127.0.0.1:{ports.generator}"
+    await raw(engine_url, problems[:2], n, sampling)  # burn-in: first batches are slow
+    await pipeline(generator_url, problems[:2], n, sampling)
+    raws, pipes = [], []
+    for _ in range(rounds):
+        raws.append(await raw(engine_url, problems, n, sampling))
+        pipes.append(await pipeline(generator_url, problems, n, sampling))
+    return raws, pipes
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def main(
+    model: Annotated[str, typer.Option(help="`default`, or a model directory.")] = "default",
+    problems: Annotated[int, typer.Option(help="Problems per batch.")] = 32,
+    n: Annotated[int, typer.Option(help="Samples per problem.")] = 4,
+    max_tokens: Annotated[int, typer.Option(help="Completion tokens per sample.")] = 64,
+    rounds: Annotated[int, typer.Option(help="Timed rounds of each (after a burn-in).")] = 2,
+    kv_cache_gib: Annotated[int, typer.Option(help="Engine KV cache (GiB).")] = 2,
+) -> None:
+    common = CommonSettings()
+    model_dir = resolve_model(model, common.data_dir)
+    batch = load_problems(BUILTIN_TRAIN, limit=problems)
+    sampling = SamplingParams(temperature=0.8, max_tokens=max_tokens, seed=0)
+    ports = StackPorts(engine=free_port(), generator=free_port(), verifier=free_port())
+    env = {"GVLOOP_ENGINE_KV_CACHE_GIB": str(kv_cache_gib), "GVLOOP_MAX_BACKLOG": "100000"}
+    with tempfile.TemporaryDirectory(prefix="bench-generator-") as tmp:
+        data_dir = Path(tmp)
+        with (
+            EmbeddedRedis(data_dir / "redis") as redis,
+            Launcher(data_dir / "logs", echo=False) as launcher,
+        ):
+            for component in local_components(
+                model_dir, redis.url, data_dir, ports, env, trainer=False
+            ):
+                launcher.start(component)
+            launcher.wait_ready()
+            raws, pipes = asyncio.run(measure(ports, batch, n, sampling, rounds))
+
+    raw_p, raw_t = (statistics.median(r[i] for r in raws) for i in (0, 1))
+    pipe_p, pipe_t = (statistics.median(r[i] for r in pipes) for i in (0, 1))
+    print(
+        f"\nmodel {Path(model_dir).name}: {problems} problems x n={n}, max_tokens {max_tokens}, "
+        f"temperature {sampling.temperature}, median of {rounds} rounds"
+    )
+    print("| path | problems/s | completion tokens/s | vs raw vLLM |")
+    print("|---|---|---|---|")
+    print(f"| raw vLLM chat completions (baseline) | {raw_p:.2f} | {raw_t:.0f} | 1.00 |")
+    print(
+        f"| generator API (+ verifier + queue) | {pipe_p:.2f} | {pipe_t:.0f} "
+        f"| {pipe_t / raw_t:.2f} |"
+    )
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,86 @@
+"""The `gvloop` command: one subcommand per action; heavy imports stay inside commands so that
+`gvloop --help` answers at once."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from agent_a.cli import app as agent_a_app
+from agent_b.cli import app as agent_b_app
+from agent_b.cli import verify
+from services.logs import setup_logging
+from services.settings import CommonSettings
+from trainer.cli import app as trainer_app
+
+app = typer.Typer(help="gvloop: generate, verify, train, hot-swap.", no_args_is_help=True)
+model_app = typer.Typer(
+    help="The model agent A serves and the trainer trains.", no_args_is_help=True
+)
+redis_app = typer.Typer(help="The embedded Redis server.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+app.add_typer(redis_app, name="redis")
+app.add_typer(agent_a_app, name="agent-a")
+app.add_typer(agent_b_app, name="agent-b")
+app.add_typer(trainer_app, name="trainer")
+app.command()(verify)
+
+DataDir = Annotated[Path | None, typer.Option(help="Default: GVLOOP_DATA_DIR or ~/.cache/gvloop")]
+
+
+@model_app.command("prepare")
+def model_prepare(data_dir: DataDir = None) -> None:
+    """Convert the packaged SmolLM2-135M-Instruct GGUF into an HF safetensors directory."""
+    from services.models import prepare_default_model
+
+    setup_logging()
+    settings = CommonSettings()
+    path = prepare_default_model(data_dir or settings.data_dir)
+    typer.echo(str(path))
+
+
+@redis_app.command("serve")
+def redis_serve(data_dir: DataDir = None) -> None:
+    """Run the embedded Redis (append-only, unix socket) until Ctrl-C; prints its URL."""
+    import signal
+    import time
+
+    from services.redis_server import EmbeddedRedis
+
+    setup_logging()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    root = data_dir or CommonSettings().data_dir
+    with EmbeddedRedis(root / "redis") as server:
+        typer.echo(server.url)
+        try:
+            while server.process is not None and server.process.poll() is None:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+
+
+@app.command()
+def up(
+    demo: Annotated[
+        bool, typer.Option(help="Run the demo: train until --swaps hot swaps, then stop.")
+    ] = False,
+    model: Annotated[str | None, typer.Option(help="Default: GVLOOP_MODEL.")] = None,
+    swaps: Annotated[int, typer.Option(help="Demo: hot swaps to wait for.")] = 2,
+    time_budget: Annotated[float, typer.Option(help="Demo: stop feeding after (s).")] = 1200,
+    heldout: Annotated[int, typer.Option(help="Demo: held-out problems.")] = 50,
+) -> None:
+    """Run the whole pipeline locally (embedded Redis, vLLM, verifier, generator, trainer)."""
+    import time
+
+    from services.demo import DemoConfig, curve_table
+    from services.stack import StackPorts, run_stack
+
+    setup_logging()
+    started = time.monotonic()
+    common = CommonSettings()
+    config = DemoConfig(swaps=swaps, time_budget_s=time_budget, heldout_size=heldout)
+    curve = run_stack(common, model or common.model, StackPorts(), config if demo else None)
+    if curve is not None:
+        typer.echo("\nHeld-out accuracy of agent A, before training and after each hot swap:")
+        typer.echo(curve_table(curve))
+        typer.echo(f"wall time: {time.monotonic() - started:.0f}s")

@@ -1,0 +1,175 @@
+"""Runs the services as local processes: one child per component, each line of its output
+prefixed with its name (and kept in a log file), health waited for in order, and every child's
+process group stopped when one dies or on Ctrl-C, saying which died and why."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+logger = logging.getLogger(__name__)
+
+
+class ComponentDiedError(RuntimeError):
+    def __init__(self, name: str, returncode: int, tail: list[str]) -> None:
+        last = "\n".join(f"    {line}" for line in tail[-15:])
+        super().__init__(f"{name} exited with code {returncode}; its last lines:\n{last}")
+        self.name = name
+        self.returncode = returncode
+
+
+class ComponentNotReadyError(RuntimeError):
+    pass
+
+
+@dataclass
+class Component:
+    name: str
+    command: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    health_url: str | None = None
+    """Polled until it answers 200; None: ready once started."""
+    ready_timeout_s: float = 600.0
+
+
+@dataclass
+class _Running:
+    component: Component
+    process: subprocess.Popen[str]
+    tail: deque[str]
+    pump: threading.Thread
+
+
+class Launcher:
+    def __init__(self, log_dir: Path, echo: bool = True) -> None:
+        self.log_dir = log_dir
+        self.echo = echo
+        self.running: list[_Running] = []
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self._width = 9
+
+    def start(self, component: Component) -> None:
+        """Start a component; `wait_ready` then waits for its health."""
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **component.env}
+        process = subprocess.Popen(
+            component.command,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            errors="replace",
+            bufsize=1,
+            start_new_session=True,  # its own process group, so stopping it stops its children
+        )
+        tail: deque[str] = deque(maxlen=200)
+        self._width = max(self._width, len(component.name))
+        pump = threading.Thread(
+            target=self._pump, args=(component.name, process, tail), daemon=True
+        )
+        pump.start()
+        self.running.append(_Running(component, process, tail, pump))
+        logger.info(
+            "started %s (pid %d): %s", component.name, process.pid, " ".join(component.command)
+        )
+
+    def wait_ready(self) -> None:
+        """Wait for every started component's health URL; a death or a timeout raises."""
+        for run in self.running:
+            self._wait_healthy(run)
+
+    def check(self) -> None:
+        """Raise ComponentDiedError if any component has exited."""
+        for run in self.running:
+            code = run.process.poll()
+            if code is not None:
+                run.pump.join(timeout=2)
+                raise ComponentDiedError(run.component.name, code, list(run.tail))
+
+    def wait(self, poll_s: float = 1.0) -> None:
+        """Block until a component dies (raises) or Ctrl-C (returns)."""
+        try:
+            while True:
+                self.check()
+                time.sleep(poll_s)
+        except KeyboardInterrupt:
+            logger.info("Ctrl-C: stopping every component")
+
+    def stop_all(self, timeout_s: float = 20.0) -> None:
+        """SIGTERM every process group (last started first), SIGKILL what outlives timeout_s."""
+        for run in reversed(self.running):
+            _signal_group(run.process, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for run in reversed(self.running):
+            try:
+                run.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                logger.warning(
+                    "%s ignored SIGTERM for %.0fs: killing it", run.component.name, timeout_s
+                )
+                _signal_group(run.process, signal.SIGKILL)
+                run.process.wait()
+            # Children of a component (vLLM's engine core) stay in its group: clean them too.
+            _signal_group(run.process, signal.SIGKILL)
+        self.running.clear()
+
+    def _wait_healthy(self, run: _Running) -> None:
+        component = run.component
+        if component.health_url is None:
+            return
+        started = time.monotonic()
+        deadline = started + component.ready_timeout_s
+        cause = "no answer yet"
+        with httpx.Client(timeout=5.0) as client:
+            while time.monotonic() < deadline:
+                self.check()
+                try:
+                    response = client.get(component.health_url)
+                    if response.status_code == 200:
+                        logger.info(
+                            "%s healthy after %.1fs", component.name, time.monotonic() - started
+                        )
+                        return
+                    cause = f"HTTP {response.status_code}"
+                except httpx.TransportError as exc:
+                    cause = type(exc).__name__
+                time.sleep(1.0)
+        raise ComponentNotReadyError(
+            f"{component.name} not healthy at {component.health_url} after "
+            f"{component.ready_timeout_s:.0f}s ({cause}); see {self.log_dir / component.name}.log"
+        )
+
+    def _pump(self, name: str, process: subprocess.Popen[str], tail: deque[str]) -> None:
+        assert process.stdout is not None
+        with open(self.log_dir / f"{name}.log", "a", encoding="utf-8") as log:
+            for line in process.stdout:
+                line = line.rstrip("\n")
+                tail.append(line)
+                log.write(line + "\n")
+                log.flush()
+                if self.echo:
+                    sys.stdout.write(f"{name:>{self._width}} | {line}\n")
+                    sys.stdout.flush()
+
+    def __enter__(self) -> Launcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
+
+
+def _signal_group(process: subprocess.Popen[str], sig: signal.Signals) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

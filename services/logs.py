@@ -1,0 +1,15 @@
+"""Logging for people: one readable line per event, to stdout, the same format in every service."""
+
+import logging
+import sys
+
+FORMAT = "%(asctime)s %(levelname)-5s %(name)s | %(message)s"
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=level.upper(), format=FORMAT, datefmt="%H:%M:%S", stream=sys.stdout, force=True
+    )
+    # Per-request access lines and HTTP client chatter drown the events that matter.
+    for noisy in ("httpx", "httpcore", "uvicorn.access", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,212 @@
+"""Every model that crosses a service boundary: HTTP bodies and the queued sample.
+
+Scores are finite floats in [0, 1] (NaN and inf are rejected at the boundary, so they never
+reach the loss); text fields have length limits so a hostile client gets a 422, not an OOM.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SCHEMA_VERSION = 1
+MAX_TEXT_CHARS = 32_000
+MAX_BATCH = 256
+
+Score = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
+OptionalText = Annotated[str | None, Field(default=None, max_length=MAX_TEXT_CHARS)]
+TokenId = Annotated[int, Field(ge=0)]
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Strict(BaseModel):
+    """Unknown fields are errors: a typo in a request must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# client -> agent_a, agent_a -> agent_b, client -> agent_b
+
+
+class Feedback(Strict):
+    """Agent B's verdict, the three numbers the loss uses."""
+
+    solution_score: Score
+    reasoning_score: Score
+    is_correct: bool
+
+    @property
+    def combined(self) -> float:
+        """S = (solution_score + reasoning_score) / 2, as in the loss spec."""
+        return (self.solution_score + self.reasoning_score) / 2
+
+
+VerifyMethod = Literal["auto", "rule", "model"]
+
+
+class VerifyRequest(Strict):
+    problem: Text
+    solution: Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+    reference_answer: OptionalText
+    method: VerifyMethod = Field(
+        default="auto",
+        description="auto: rule when a reference answer is given, else the model judge.",
+    )
+
+    @model_validator(mode="after")
+    def _rule_needs_reference(self) -> VerifyRequest:
+        if self.method == "rule" and self.reference_answer is None:
+            raise ValueError("method 'rule' needs a reference_answer")
+        return self
+
+
+class VerifyBatchRequest(Strict):
+    items: Annotated[list[VerifyRequest], Field(min_length=1, max_length=MAX_BATCH)]
+
+
+class VerifyResponse(Feedback):
+    """Feedback plus how it was decided."""
+
+    extracted_answer: str | None = Field(description="Final answer found in the solution.")
+    decided_by: Literal["rule", "model", "both"]
+    judge_p_correct: Score | None = Field(default=None, description="p(Yes) for the answer.")
+    judge_p_reasoning: Score | None = Field(default=None, description="p(Yes) for the steps.")
+    arithmetic_checked: int = Field(default=0, ge=0, description="Stated 'a op b = c' found.")
+    arithmetic_correct: int = Field(default=0, ge=0)
+    model: str
+    latency_ms: float = Field(ge=0)
+
+
+class VerifyBatchResponse(Strict):
+    data: list[VerifyResponse]
+    count: int
+
+
+# client -> agent_a
+
+
+class SamplingParams(Strict):
+    temperature: float = Field(default=0.8, ge=0.0, le=2.0, allow_inf_nan=False)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, allow_inf_nan=False)
+    max_tokens: int = Field(default=256, ge=1, le=4096)
+    seed: int | None = Field(default=None, ge=0)
+
+
+class ProblemIn(Strict):
+    problem: Text
+    reference_answer: OptionalText
+    id: str | None = Field(default=None, max_length=128, description="Defaults to a new uuid.")
+
+
+class GenerateRequest(Strict):
+    problems: Annotated[list[ProblemIn], Field(min_length=1, max_length=MAX_BATCH)]
+    n: int = Field(default=1, ge=1, le=16, description="Samples per problem.")
+    sampling: SamplingParams = SamplingParams()
+    system_prompt: OptionalText
+    wait: bool = Field(
+        default=True, description="false: answer 202 with a job id at once; poll GET /jobs/{id}."
+    )
+
+
+class GeneratedSolution(Strict):
+    sample_id: str
+    solution: str
+    feedback: VerifyResponse
+    weight_version: int
+    completion_tokens: int
+    finish_reason: str | None = None
+    queued: bool = Field(description="Whether the sample entered the training queue.")
+
+
+class ProblemResult(Strict):
+    problem_id: str
+    problem: str
+    reference_answer: str | None
+    solutions: list[GeneratedSolution]
+
+
+class GenerateResponse(Strict):
+    data: list[ProblemResult]
+    count: int
+
+
+JobState = Literal["pending", "running", "done", "failed"]
+
+
+class JobStatus(Strict):
+    job_id: str
+    state: JobState
+    result: GenerateResponse | None = None
+    error: str | None = None
+    created_at: datetime
+    finished_at: datetime | None = None
+
+
+# trainer -> agent_a
+
+
+class SwapRequest(Strict):
+    checkpoint_dir: Annotated[str, Field(min_length=1, max_length=4096)]
+    version: int = Field(ge=0, description="Weight version that the checkpoint becomes.")
+
+
+class SwapTimings(Strict):
+    pause_s: float
+    reload_s: float
+    resume_s: float
+    total_s: float
+
+
+class SwapResponse(Strict):
+    version: int
+    checkpoint_dir: str
+    engines: int
+    timings: SwapTimings
+
+
+class WeightInfo(Strict):
+    version: int
+    checkpoint_dir: str | None
+
+
+# agent_a -> trainer, via Redis
+
+
+class ChatMessage(Strict):
+    role: Literal["system", "user", "assistant"]
+    content: Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+
+
+class Sample(Strict):
+    """One generated and verified solution: what the trainer learns from.
+
+    The token ids are the ones vLLM used, so the trainer scores exactly the sequence that was
+    sampled instead of re-tokenising text (which can split differently).
+    """
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    sample_id: str = Field(default_factory=new_id, min_length=1, max_length=128)
+    problem_id: str = Field(min_length=1, max_length=128)
+    problem: Text
+    reference_answer: OptionalText
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    prompt_token_ids: Annotated[list[TokenId], Field(min_length=1)]
+    completion_token_ids: Annotated[list[TokenId], Field(min_length=1)]
+    sampling: SamplingParams
+    solution: Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+    feedback: Feedback
+    weight_version: int = Field(ge=0)
+    model: str = Field(min_length=1)
+    created_at: datetime = Field(default_factory=utcnow, description="Generation started.")
+    verified_at: datetime = Field(default_factory=utcnow)

@@ -1,0 +1,150 @@
+"""The whole pipeline as local processes (`gvloop up`): the embedded Redis, the vLLM engine,
+the verifier, the generator API and the trainer, wired together through environment variables,
+the same ones `docker-compose.yml` sets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel
+
+from services.demo import Demo, DemoConfig, EvalPoint
+from services.launcher import Component, ComponentDiedError, Launcher
+from services.models import DEFAULT_MODEL, prepare_default_model
+from services.redis_server import ensure_redis
+from services.settings import CommonSettings
+
+logger = logging.getLogger(__name__)
+
+PYTHON_M_GVLOOP = [sys.executable, "-m", "services"]
+T = TypeVar("T")
+
+
+class StackPorts(BaseModel):
+    engine: int = 8000
+    generator: int = 8001
+    verifier: int = 8002
+    trainer_metrics: int = 8003
+
+
+def local_components(
+    model: str,
+    redis_url: str,
+    data_dir: Path,
+    ports: StackPorts,
+    env: dict[str, str] | None = None,
+    trainer: bool = True,
+) -> list[Component]:
+    """Engine and verifier first (they load models, in parallel), then the generator API that
+    needs both, then the trainer. `env` adds settings for every component."""
+    shared = {
+        "GVLOOP_MODEL": model,
+        "GVLOOP_REDIS_URL": redis_url,
+        "GVLOOP_DATA_DIR": str(data_dir),
+        "HF_HUB_OFFLINE": "1",
+        **(env or {}),
+    }
+    local = "http://127.0.0.1"
+    components = [
+        Component(
+            "engine",
+            [*PYTHON_M_GVLOOP, "agent-a", "engine", "--port", str(ports.engine)],
+            shared,
+            health_url=f"{local}:{ports.engine}/health",
+            ready_timeout_s=900,
+        ),
+        Component(
+            "verifier",
+            [*PYTHON_M_GVLOOP, "agent-b", "serve", "--port", str(ports.verifier)],
+            shared,
+            health_url=f"{local}:{ports.verifier}/health",
+        ),
+        Component(
+            "generator",
+            [*PYTHON_M_GVLOOP, "agent-a", "serve", "--port", str(ports.generator)],
+            {
+                **shared,
+                "GVLOOP_GENERATOR_ENGINE_URLS": json.dumps([f"{local}:{ports.engine}"]),
+                "GVLOOP_GENERATOR_VERIFIER_URL": f"{local}:{ports.verifier}",
+            },
+            health_url=f"{local}:{ports.generator}/health",
+        ),
+    ]
+    if trainer:
+        components.append(
+            Component(
+                "trainer",
+                [*PYTHON_M_GVLOOP, "trainer", "run"],
+                {
+                    **shared,
+                    "GVLOOP_TRAINER_GENERATOR_URL": f"{local}:{ports.generator}",
+                    "GVLOOP_TRAINER_METRICS_PORT": str(ports.trainer_metrics),
+                },
+                health_url=f"{local}:{ports.trainer_metrics}/metrics",
+            )
+        )
+    return components
+
+
+async def _watch(launcher: Launcher, work: asyncio.Task[T]) -> T:
+    """Run `work` while checking every second that no component died (which cancels it)."""
+    while not work.done():
+        try:
+            launcher.check()
+        except ComponentDiedError:
+            work.cancel()
+            raise
+        await asyncio.wait({work}, timeout=1.0)
+    return work.result()
+
+
+def run_stack(
+    common: CommonSettings,
+    model: str,
+    ports: StackPorts,
+    demo: DemoConfig | None = None,
+    env: dict[str, str] | None = None,
+) -> list[EvalPoint] | None:
+    """Start everything, then either run the demo and stop, or serve until Ctrl-C."""
+    model_path = str(prepare_default_model(common.data_dir)) if model == DEFAULT_MODEL else model
+    redis_url, embedded = ensure_redis(common.redis_url, common.data_dir)
+    try:
+        with Launcher(common.data_dir / "logs") as launcher:
+            components = local_components(model_path, redis_url, common.data_dir, ports, env)
+            for component in components:
+                launcher.start(component)
+                if component.name != "engine":  # the engine loads while the verifier does
+                    launcher.wait_ready()
+            logger.info(
+                "pipeline up: POST problems to http://127.0.0.1:%d/problems, verifier at "
+                "http://127.0.0.1:%d/verify, logs in %s",
+                ports.generator,
+                ports.verifier,
+                common.data_dir / "logs",
+            )
+            if demo is None:
+                launcher.wait()
+                return None
+            return asyncio.run(_run_demo(launcher, demo, ports))
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+async def _run_demo(launcher: Launcher, config: DemoConfig, ports: StackPorts) -> list[EvalPoint]:
+    local = "http://127.0.0.1"
+    demo = Demo(
+        config,
+        generator_url=f"{local}:{ports.generator}",
+        engine_url=f"{local}:{ports.engine}",
+        verifier_url=f"{local}:{ports.verifier}",
+    )
+    try:
+        return await _watch(launcher, asyncio.create_task(demo.run()))
+    finally:
+        await demo.aclose()

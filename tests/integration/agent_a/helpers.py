@@ -1,0 +1,62 @@
+"""What the agent A integration tests share: reading the samples back from the stream, greedy
+generations through the API, and the reference greedy continuation from transformers."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+import httpx
+import redis.asyncio as aioredis
+import torch
+from transformers import AutoModelForCausalLM
+
+from services.clients import GeneratorClient
+from services.queue import PAYLOAD
+from services.schemas import GeneratedSolution, GenerateRequest, ProblemIn, Sample, SamplingParams
+
+GREEDY_TOKENS = 8
+PROMPT = "What is 12 + 30? Answer with the number."
+
+
+async def stream_samples(client: aioredis.Redis, stream: str) -> dict[str, Sample]:
+    """Every sample in the stream, by sample id."""
+    entries = await client.xrange(stream)
+    samples = (Sample.model_validate_json(fields[PAYLOAD.encode()]) for _, fields in entries)
+    return {s.sample_id: s for s in samples}
+
+
+async def greedy(client: GeneratorClient, problem: str = PROMPT) -> GeneratedSolution:
+    request = GenerateRequest(
+        problems=[ProblemIn(problem=problem, reference_answer="42")],
+        sampling=SamplingParams(temperature=0.0, max_tokens=GREEDY_TOKENS),
+    )
+    (result,) = (await client.generate(request)).data
+    (solution,) = result.solutions
+    return solution
+
+
+def reference_greedy(model_dir: Path, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    """transformers' greedy continuation: what these weights give, independently of vLLM."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        out = model.generate(
+            torch.tensor([prompt_ids]),
+            attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+        )
+    return out[0, len(prompt_ids) :].tolist()
+
+
+async def wait_engine_running(engine_url: str, count: int, timeout_s: float = 120) -> None:
+    """Until vLLM reports `count` requests running (its Prometheus gauge)."""
+    gauge = re.compile(r"^vllm:num_requests_running\{[^}]*\} ([0-9.]+)$", re.MULTILINE)
+    async with httpx.AsyncClient(base_url=engine_url, timeout=10) as http:
+        for _ in range(int(timeout_s * 10)):
+            running = sum(float(v) for v in gauge.findall((await http.get("/metrics")).text))
+            if running >= count:
+                return
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"the engine never had {count} requests running")

@@ -1,0 +1,48 @@
+"""A real verifier for the package's tests: `gvloop agent-b serve` on the tiny model, behind a
+bearer token, reached over real HTTP."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from services.launcher import Component, Launcher
+
+TOKEN = "test-token"
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    token: str
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def verifier_server(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    url = f"http://127.0.0.1:{(port := free_port())}"
+    command = [sys.executable, "-m", "services", "agent-b", "serve"]
+    command += ["--model", str(tiny_model_dir), "--port", str(port)]
+    env = {
+        "GVLOOP_VERIFIER_API_TOKEN": TOKEN,
+        "GVLOOP_VERIFIER_JUDGE_REASONING": "true",  # exercise the rule + judge path
+        "GVLOOP_VERIFIER_MAX_WAIT_MS": "20",
+        "GVLOOP_VERIFIER_RULE_WORKERS": "1",
+        "HF_HUB_OFFLINE": "1",
+    }
+    with Launcher(tmp_path_factory.mktemp("verifier"), echo=False) as launcher:
+        launcher.start(Component("verifier", command, env, f"{url}/health", ready_timeout_s=300))
+        launcher.wait_ready()
+        yield Server(url, TOKEN)

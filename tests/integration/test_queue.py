@@ -1,0 +1,177 @@
+"""SampleQueue against a real Redis server: ordering, batches, ack, redelivery, dead letters,
+the bound, and persistence across a Redis crash."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from services.queue import PAYLOAD, QueueFullError, SampleQueue
+from services.redis_server import EmbeddedRedis, connect
+from tests.utils.samples import make_sample
+
+
+async def make_queue(
+    client: aioredis.Redis, stream: str, consumer: str = "c1", **kwargs: float
+) -> SampleQueue:
+    queue = SampleQueue(client, stream, "trainer", consumer=consumer, **kwargs)  # type: ignore[arg-type]
+    await queue.ensure_group()
+    return queue
+
+
+async def test_put_then_read_keeps_order(redis_client: aioredis.Redis, stream_name: str) -> None:
+    queue = await make_queue(redis_client, stream_name)
+    sent = [make_sample(problem_id=f"p{i}") for i in range(5)]
+    for sample in sent:
+        await queue.put(sample)
+    got = await queue.read(10, block_ms=100)
+    assert [d.sample.sample_id for d in got] == [s.sample_id for s in sent]
+    assert got[0].sample == sent[0]
+
+
+async def test_reads_in_batches_and_empty_read_returns_after_block(
+    redis_client: aioredis.Redis, stream_name: str
+) -> None:
+    queue = await make_queue(redis_client, stream_name)
+    for i in range(10):
+        await queue.put(make_sample(problem_id=f"p{i}"))
+    sizes = [len(await queue.read(4, block_ms=100)) for _ in range(3)]
+    assert sizes == [4, 4, 2]
+    started = time.monotonic()
+    assert await queue.read(4, block_ms=200) == []
+    assert 0.15 < time.monotonic() - started < 2.0
+
+
+async def test_ensure_group_is_idempotent(redis_client: aioredis.Redis, stream_name: str) -> None:
+    queue = await make_queue(redis_client, stream_name)
+    await queue.ensure_group()  # BUSYGROUP is not an error
+
+
+async def test_ack_removes_from_pending_and_stream(
+    redis_client: aioredis.Redis, stream_name: str
+) -> None:
+    queue = await make_queue(redis_client, stream_name)
+    for i in range(3):
+        await queue.put(make_sample(problem_id=f"p{i}"))
+    got = await queue.read(3, block_ms=100)
+    stats = await queue.stats()
+    assert (stats.length, stats.pending) == (3, 3)
+    assert stats.oldest_pending_age_s is not None
+    assert await queue.ack([d.id for d in got[:2]]) == 2
+    stats = await queue.stats()
+    assert (stats.length, stats.pending, stats.consumers) == (1, 1, {"c1": 1})
+
+
+async def test_unacked_samples_of_dead_consumer_are_redelivered(
+    redis_client: aioredis.Redis, stream_name: str
+) -> None:
+    dead = await make_queue(redis_client, stream_name, consumer="dead", claim_idle_s=0.2)
+    alive = await make_queue(redis_client, stream_name, consumer="alive", claim_idle_s=0.2)
+    for i in range(3):
+        await dead.put(make_sample(problem_id=f"p{i}"))
+    taken = await dead.read(3, block_ms=100)  # then "dies" without acking
+    assert len(taken) == 3
+    # Not yet idle long enough: nothing for the other consumer.
+    assert await alive.read(3, block_ms=50) == []
+    await asyncio.sleep(0.3)
+    again = await alive.read(3, block_ms=50)
+    assert [d.id for d in again] == [d.id for d in taken]
+    assert all(d.redelivered for d in again)
+    await alive.ack([d.id for d in again])
+    assert (await alive.stats()).pending == 0
+
+
+async def test_restarted_consumer_gets_its_own_pending_first(
+    redis_client: aioredis.Redis, stream_name: str
+) -> None:
+    before = await make_queue(redis_client, stream_name, consumer="trainer-0")
+    for i in range(5):
+        await before.put(make_sample(problem_id=f"p{i}"))
+    taken = await before.read(3, block_ms=100)
+    # A new process with the same consumer name: the 3 unacked come back, then the 2 new.
+    after = await make_queue(redis_client, stream_name, consumer="trainer-0")
+    first = await after.read(2, block_ms=100)
+    second = await after.read(2, block_ms=100)
+    third = await after.read(2, block_ms=100)
+    assert [d.id for d in first + second[:1]] == [d.id for d in taken]
+    assert [d.redelivered for d in first + second + third] == [True, True, True, False, False]
+
+
+async def test_unparseable_entries_go_to_dead_letters(
+    redis_client: aioredis.Redis, stream_name: str
+) -> None:
+    queue = await make_queue(redis_client, stream_name)
+    await redis_client.xadd(stream_name, {PAYLOAD: b"\xff\xfe not json"})
+    bad_score = json.loads(make_sample().model_dump_json())
+    bad_score["feedback"]["solution_score"] = 1.5
+    await redis_client.xadd(stream_name, {PAYLOAD: json.dumps(bad_score)})
+    await redis_client.xadd(stream_name, {"other": "field"})
+    good = make_sample()
+    await queue.put(good)
+
+    got = await queue.read(10, block_ms=100)
+    assert [d.sample.sample_id for d in got] == [good.sample_id]
+    stats = await queue.stats()
+    assert (stats.dead_letters, stats.length, stats.pending) == (3, 1, 1)
+    dead = await redis_client.xrange(queue.dead_letter_stream)
+    reasons = [fields[b"reason"].decode() for _, fields in dead]
+    assert "Invalid JSON" in reasons[0]
+    assert "feedback.solution_score" in reasons[1]
+    assert "no 'sample' field" in reasons[2]
+    assert dead[0][1][b"raw"].startswith(b"\xef\xbf\xbd")  # raw kept, undecodable bytes replaced
+
+
+async def test_put_refuses_over_bound_and_never_trims(
+    redis_client: aioredis.Redis, stream_name: str
+) -> None:
+    queue = await make_queue(redis_client, stream_name, max_backlog=3)
+    for i in range(3):
+        await queue.put(make_sample(problem_id=f"p{i}"))
+    with pytest.raises(QueueFullError, match="3 unacknowledged samples"):
+        await queue.put(make_sample())
+    got = await queue.read(3, block_ms=100)
+    assert len(got) == 3  # nothing was trimmed
+    with pytest.raises(QueueFullError):  # read but not acked still counts
+        await queue.put(make_sample())
+    await queue.ack([got[0].id])
+    await queue.put(make_sample())
+
+
+async def test_concurrent_producers_cannot_overshoot_bound(
+    redis_client: aioredis.Redis, stream_name: str
+) -> None:
+    queue = await make_queue(redis_client, stream_name, max_backlog=5)
+    results = await asyncio.gather(
+        *(queue.put(make_sample()) for _ in range(20)), return_exceptions=True
+    )
+    assert sum(isinstance(r, str) for r in results) == 5
+    assert sum(isinstance(r, QueueFullError) for r in results) == 15
+    assert await redis_client.xlen(stream_name) == 5
+
+
+async def test_redis_crash_and_restart_loses_no_appended_sample(tmp_path: Path) -> None:
+    server = EmbeddedRedis(tmp_path / "redis").start()
+    try:
+        client = connect(server.url, timeout_s=2, retries=1)
+        queue = await make_queue(client, "samples")
+        sent = [make_sample(problem_id=f"p{i}") for i in range(50)]
+        for sample in sent:
+            await queue.put(sample)
+        taken = await queue.read(10, block_ms=100)
+        await queue.ack([d.id for d in taken])
+        await client.aclose()
+        server.kill()  # SIGKILL: only the fsynced append-only file survives
+
+        server.start()
+        client = connect(server.url)
+        queue = await make_queue(client, "samples", consumer="c2")
+        got = await queue.read(100, block_ms=100)
+        assert [d.sample.sample_id for d in got] == [s.sample_id for s in sent[10:]]
+        await client.aclose()
+    finally:
+        server.stop()

@@ -1,0 +1,42 @@
+"""A stand-in for agent A's POST /weights, served over real HTTP by the tests (agent A's own
+tests cover the real swap): it records each request and answers like agent A."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from fastapi import FastAPI, HTTPException
+
+from services.http import BearerCredentials, check_bearer
+from services.schemas import SwapRequest, SwapResponse, SwapTimings
+
+
+def swap_recorder(
+    calls: list[SwapRequest], fail_with: list[int] | None = None, token: str | None = None
+) -> FastAPI:
+    """POST /weights that appends each request to `calls`; answers the HTTP statuses in
+    `fail_with` first, one per request, then success."""
+    app = FastAPI()
+    failures = list(fail_with or [])
+
+    @app.post("/weights")
+    async def update_weights(body: SwapRequest, credentials: BearerCredentials) -> SwapResponse:
+        check_bearer(credentials, token)
+        calls.append(body)
+        if failures:
+            raise HTTPException(failures.pop(0), "not now")
+        timings = SwapTimings(pause_s=0.01, reload_s=0.02, resume_s=0.01, total_s=0.04)
+        return SwapResponse(
+            version=body.version, checkpoint_dir=body.checkpoint_dir, engines=1, timings=timings
+        )
+
+    return app
+
+
+async def wait_until(condition: Callable[[], bool], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"condition not met in {timeout_s}s"
+        await asyncio.sleep(0.02)

@@ -1,0 +1,146 @@
+"""Hot swaps that go wrong on the running pipeline: a checkpoint that passes agent A's checks
+but breaks inside the engine after half of it is loaded, and the engine killed in the middle of
+a swap. No engine serves half-loaded weights (greedy output proves which weights serve), the
+error is reported, and the next good swap works. The tests run in order; the last one kills
+and restarts the engine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from safetensors.torch import load_file, save_file
+
+from tests.reliability.pipeline.helpers import AUTH, common, greedy
+from tests.utils.figures import Figures
+from tests.utils.models import make_tiny_model
+from tests.utils.pipeline import LocalStack
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Swaps:
+    root: Path
+    http: httpx.AsyncClient
+    good_text: dict[str, str] = field(default_factory=dict)
+    """Greedy answer of each good checkpoint, once served."""
+
+    async def swap(self, checkpoint: Path, version: int) -> httpx.Response:
+        body = {"checkpoint_dir": str(checkpoint), "version": version}
+        return await self.http.post("/weights", json=body, headers=AUTH)
+
+    async def served(self) -> int:
+        return (await self.http.get("/weights", headers=AUTH)).json()["version"]
+
+
+@pytest.fixture(scope="module")
+async def swaps(pipeline: LocalStack) -> AsyncIterator[Swaps]:
+    if pipeline.running("trainer"):  # its own swaps would race these
+        pipeline.stop("trainer")
+    root = common(pipeline).checkpoint_root
+    for seed in (1, 3):
+        make_tiny_model(root / f"rel-good-{seed}", seed=seed)
+    half_loadable(make_tiny_model(root / "rel-half", seed=2))
+    async with httpx.AsyncClient(base_url=pipeline.url("generator"), timeout=180) as http:
+        yield Swaps(root, http)
+
+
+def half_loadable(checkpoint: Path) -> None:
+    """Split the weights into two shards (with an index) and break the second one's header
+    in a way agent A's header check cannot see: a loader gets through the first shard, then
+    fails, leaving the engine half on the new weights."""
+    tensors = load_file(checkpoint / "model.safetensors")
+    (checkpoint / "model.safetensors").unlink()
+    names = sorted(tensors)
+    second = [n for n in names if n.startswith("model.layers.1.") or n == "model.norm.weight"]
+    shards = {
+        "model-00001-of-00002.safetensors": [n for n in names if n not in second],
+        "model-00002-of-00002.safetensors": second,
+    }
+    for file, members in shards.items():
+        save_file({n: tensors[n] for n in members}, checkpoint / file, metadata={"format": "pt"})
+    weight_map = {n: file for file, members in shards.items() for n in members}
+    (checkpoint / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+
+    broken = checkpoint / "model-00002-of-00002.safetensors"
+    raw = broken.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + length])
+    header[second[0]]["data_offsets"] = [0, 8]  # inside the file, wrong for its shape
+    text = json.dumps(header, separators=(",", ":")).encode()
+    assert len(text) <= length
+    broken.write_bytes(raw[:8] + text.ljust(length) + raw[8 + length :])
+
+
+async def test_half_loaded_checkpoint_is_rolled_back(
+    pipeline: LocalStack, swaps: Swaps, figures: Figures
+) -> None:
+    await asyncio.sleep(2)  # a swap the stopped trainer had asked for lands first
+    version = await swaps.served()
+    before = await greedy(swaps.http)
+
+    failed = await swaps.swap(swaps.root / "rel-half", version + 100)
+    after_failure = await greedy(swaps.http)
+    served_after_failure = await swaps.served()
+
+    good = await swaps.swap(swaps.root / "rel-good-1", version + 101)
+    swaps.good_text["rel-good-1"], good_version = await greedy(swaps.http)
+    figures.report(
+        corrupt_swap_status=failed.status_code,
+        served_same_weights_after=after_failure == before,
+        next_good_swap_status=good.status_code,
+        detail=failed.json()["detail"][:160],
+    )
+    assert failed.status_code == 502, failed.text
+    assert "recovered" in failed.json()["detail"]
+    assert after_failure == before  # the old weights, whole: same greedy text, same version
+    assert served_after_failure == version
+    assert good.status_code == 200, good.text
+    assert good_version == version + 101
+    assert swaps.good_text["rel-good-1"] != before[0]
+
+
+async def test_engine_killed_mid_swap_then_next_swap_works(
+    pipeline: LocalStack, swaps: Swaps, figures: Figures
+) -> None:
+    version = await swaps.served()
+    pauses = pipeline.log("engine").count("POST /pause")
+    swap = asyncio.create_task(swaps.swap(swaps.root / "rel-good-3", version + 1))
+    # Kill it as soon as the engine logs the swap's pause: reload, version, resume are to come.
+    deadline = time.monotonic() + 60
+    while pipeline.log("engine").count("POST /pause") == pauses:
+        assert time.monotonic() < deadline and not swap.done(), "the swap never paused"
+        await asyncio.sleep(0.005)
+    pipeline.kill("engine")
+    killed = await swap
+    served_after_kill = await swaps.served()
+    generate = await swaps.http.post(
+        "/problems", json={"problems": [{"problem": "1 + 1?"}], "n": 1}, headers=AUTH
+    )
+
+    started = time.monotonic()
+    await asyncio.to_thread(pipeline.start, "engine")  # on its base weights
+    restart_s = time.monotonic() - started
+    recovered = await swaps.swap(swaps.root / "rel-good-1", version + 2)
+    text, served = await greedy(swaps.http)
+    figures.report(
+        killed_swap_status=killed.status_code,
+        generate_while_dead=generate.status_code,
+        engine_restart_s=round(restart_s, 1),
+        next_good_swap_status=recovered.status_code,
+        same_output_as_that_checkpoint=text == swaps.good_text["rel-good-1"],
+    )
+    assert killed.status_code in (502, 503), killed.text
+    assert "engine" in killed.json()["detail"]
+    assert served_after_kill == version  # no version claimed for weights nobody serves
+    assert generate.status_code == 503 and generate.json()["detail"]
+    assert recovered.status_code == 200, recovered.text
+    assert (text, served) == (swaps.good_text["rel-good-1"], version + 2)

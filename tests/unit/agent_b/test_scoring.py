@@ -1,0 +1,44 @@
+"""How rule and judge numbers combine: the method that decides and the reasoning formula."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent_b.rules import ArithmeticCheck
+from agent_b.scoring import compute_reasoning_score, decided_by
+from services.schemas import VerifyRequest
+
+
+@pytest.mark.parametrize(
+    ("arithmetic", "p_reasoning", "expected"),
+    [
+        (ArithmeticCheck(0, 0), 0.8, 0.8),  # nothing to check: the judge alone
+        (ArithmeticCheck(0, 0), None, 0.5),  # no judge either: no opinion
+        (ArithmeticCheck(1, 1), 0.2, 0.5 * 1 + 0.5 * 0.2),  # w = 1/2
+        (ArithmeticCheck(3, 3), 0.0, 0.75),  # w = 3/4
+        (ArithmeticCheck(3, 0), 1.0, 0.25),  # wrong steps outweigh a confident judge
+        (ArithmeticCheck(4, 2), None, 0.8 * 0.5 + 0.2 * 0.5),
+    ],
+)
+def test_reasoning_score(
+    arithmetic: ArithmeticCheck, p_reasoning: float | None, expected: float
+) -> None:
+    assert compute_reasoning_score(arithmetic, p_reasoning) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("reference", "method", "judge_reasoning", "expected"),
+    [
+        ("5", "auto", True, "both"),  # rule decides, judge adds to the reasoning score
+        ("5", "auto", False, "rule"),
+        ("5", "rule", True, "rule"),
+        ("5", "model", True, "model"),  # the judge alone, reference ignored
+        (None, "auto", True, "model"),
+        (None, "model", False, "model"),
+    ],
+)
+def test_decided_by(
+    reference: str | None, method: str, judge_reasoning: bool, expected: str
+) -> None:
+    request = VerifyRequest(problem="1+4?", solution="5", reference_answer=reference, method=method)
+    assert decided_by(request, judge_reasoning) == expected

@@ -1,0 +1,81 @@
+"""Wire models reject bad values with a message that names the field."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from services.schemas import Feedback, GenerateRequest, Sample, VerifyRequest
+from tests.utils.samples import make_sample
+
+
+class TestFeedback:
+    @pytest.mark.parametrize(
+        ("field", "value"),
+        [
+            ("solution_score", 1.01),  # above the range
+            ("reasoning_score", -0.1),  # below the range
+            ("solution_score", float("nan")),  # NaN would poison the loss
+            ("reasoning_score", float("inf")),
+        ],
+    )
+    def test_out_of_range_scores_name_the_field(self, field: str, value: float) -> None:
+        scores = {"solution_score": 0.5, "reasoning_score": 0.5, "is_correct": False, field: value}
+        with pytest.raises(ValidationError, match=field):
+            Feedback(**scores)
+
+    def test_combined_is_the_mean_of_both_scores(self) -> None:
+        assert Feedback(solution_score=1, reasoning_score=0.5, is_correct=True).combined == 0.75
+
+    def test_missing_field_is_named(self) -> None:
+        with pytest.raises(ValidationError, match="is_correct"):
+            Feedback(solution_score=1, reasoning_score=1)  # type: ignore[call-arg]
+
+
+class TestSample:
+    def test_json_round_trip(self) -> None:
+        sample = make_sample()
+        assert Sample.model_validate_json(sample.model_dump_json()) == sample
+        assert json.loads(sample.model_dump_json())["schema_version"] == 1
+
+    @pytest.mark.parametrize(
+        ("overrides", "field"),
+        [
+            ({"completion_token_ids": []}, "completion_token_ids"),  # nothing to train on
+            ({"prompt_token_ids": [1, -2]}, "prompt_token_ids.1"),  # token ids are >= 0
+            ({"weight_version": -1}, "weight_version"),
+            ({"messages": []}, "messages"),
+        ],
+    )
+    def test_invalid_fields_are_named(self, overrides: dict[str, object], field: str) -> None:
+        with pytest.raises(ValidationError, match=field):
+            make_sample(**overrides)
+
+    def test_unknown_schema_version_is_rejected(self) -> None:
+        raw = json.loads(make_sample().model_dump_json())
+        raw["schema_version"] = 2
+        with pytest.raises(ValidationError, match="schema_version"):
+            Sample.model_validate(raw)
+
+    def test_unknown_fields_are_rejected(self) -> None:
+        raw = json.loads(make_sample().model_dump_json())
+        raw["surprise"] = 1
+        with pytest.raises(ValidationError, match="surprise"):
+            Sample.model_validate(raw)
+
+
+class TestRequests:
+    def test_rule_method_needs_a_reference(self) -> None:
+        with pytest.raises(ValidationError, match="reference_answer"):
+            VerifyRequest(problem="1+1?", solution="2", method="rule")
+
+    def test_empty_problem_list_is_rejected(self) -> None:
+        with pytest.raises(ValidationError, match="problems"):
+            GenerateRequest(problems=[])
+
+    def test_defaults_are_sane(self) -> None:
+        request = GenerateRequest.model_validate({"problems": [{"problem": "1+1?"}]})
+        assert request.n == 1 and request.wait
+        assert 0 < request.sampling.temperature <= 1

@@ -1,0 +1,108 @@
+"""The learning-rate schedule, the settings' checks, and one optimizer step on a tiny model:
+gradient accumulation over micro-batches gives the same update as one big batch."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from pydantic import ValidationError
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from tests.utils.samples import make_sample
+from trainer.batch import collate
+from trainer.settings import TrainerSettings
+from trainer.step import get_lr, setup_device, train_step
+
+
+def settings(**overrides: object) -> TrainerSettings:
+    return TrainerSettings(_env_file=None, **overrides)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "step", "lr"),
+    [
+        ({}, 1, 1e-5),  # constant, no warm-up: the default
+        ({"warmup_steps": 4}, 1, 0.25e-5),  # a quarter through warm-up
+        ({"warmup_steps": 4}, 4, 1e-5),
+        ({"warmup_steps": 4}, 400, 1e-5),  # constant after it
+        # cosine over 10 steps after 2 of warm-up: half-way is the middle of lr and min_lr
+        ({"schedule": "cosine", "warmup_steps": 2, "decay_steps": 10, "min_lr": 1e-6}, 7, 5.5e-6),
+        ({"schedule": "cosine", "warmup_steps": 2, "decay_steps": 10, "min_lr": 1e-6}, 12, 1e-6),
+        ({"schedule": "cosine", "warmup_steps": 2, "decay_steps": 10, "min_lr": 1e-6}, 99, 1e-6),
+        # linear over max_steps when decay_steps is 0
+        ({"schedule": "linear", "max_steps": 10}, 5, 0.5e-5),
+    ],
+)
+def test_lr_schedule(overrides: dict, step: int, lr: float) -> None:
+    assert get_lr(step, settings(**overrides)) == pytest.approx(lr)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"batch_size": 4, "micro_batch_size": 8}, r"micro_batch_size \(8\) exceeds batch_size"),
+        ({"schedule": "cosine"}, "needs decay_steps or max_steps"),
+        ({"lr": 1e-5, "min_lr": 1e-4}, "min_lr"),
+        ({"lambda1": -1}, "lambda1"),
+    ],
+)
+def test_settings_refuse_inconsistent_values(overrides: dict, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        settings(**overrides)
+
+
+def test_cpu_defaults_to_float32(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert setup_device(settings()) == (torch.device("cpu"), None)
+    assert setup_device(settings(dtype="bfloat16")) == (torch.device("cpu"), torch.bfloat16)
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        setup_device(settings(device="cuda"))
+
+
+def tiny_model() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
+    return LlamaForCausalLM(config)
+
+
+def test_micro_batches_accumulate_to_the_full_batch_update() -> None:
+    samples = [
+        make_sample(prompt_token_ids=[1, 2, 3], completion_token_ids=list(range(5, 5 + n)))
+        for n in (2, 7, 4)
+    ]
+    batch = collate(samples, max_seq_len=64, pad_id=0)
+    updated = []
+    for micro in (3, 1):
+        model = tiny_model()
+        optimizer = torch.optim.AdamW(model.parameters())
+        cfg = settings(batch_size=3, micro_batch_size=micro)
+        result = train_step(model, optimizer, batch, 1e-3, cfg, torch.device("cpu"), None)
+        updated.append((result, model))
+    (full, full_model), (accumulated, accumulated_model) = updated
+    assert accumulated.loss == pytest.approx(full.loss, rel=1e-5)
+    assert accumulated.grad_norm == pytest.approx(full.grad_norm, rel=1e-4)
+    for a, b in zip(full_model.parameters(), accumulated_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert full.tokens == 13 and full.accuracy == 1.0 and full.feedback == pytest.approx(0.9)
+
+
+def test_a_step_changes_the_weights_and_lowers_the_loss_on_the_same_batch() -> None:
+    batch = collate([make_sample(completion_token_ids=[9, 8, 7, 6])], 64, 0)
+    model = tiny_model()
+    before = copy.deepcopy(model.state_dict())
+    optimizer = torch.optim.AdamW(model.parameters())
+    cfg = settings(batch_size=1, micro_batch_size=1)
+    first = train_step(model, optimizer, batch, 1e-2, cfg, torch.device("cpu"), None)
+    second = train_step(model, optimizer, batch, 1e-2, cfg, torch.device("cpu"), None)
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert second.loss < first.loss
+    assert first.grad_norm > 0

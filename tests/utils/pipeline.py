@@ -1,0 +1,163 @@
+"""The pipeline as local processes for fault tests: the components `services.stack` wires, each
+under its own Launcher, so a test can kill, stop or restart one while the others run."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import os
+import signal
+import socket
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+from services.launcher import Component, Launcher
+from services.redis_server import EmbeddedRedis
+from services.stack import StackPorts, local_components
+from trainer import ckpt
+
+LOCAL = "http://127.0.0.1"
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports free on 127.0.0.1 right now (bound together, so they differ)."""
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def free_stack_ports() -> StackPorts:
+    engine, generator, verifier, metrics = free_ports(4)
+    return StackPorts(
+        engine=engine, generator=generator, verifier=verifier, trainer_metrics=metrics
+    )
+
+
+class LocalStack:
+    """Components by name; `start`, `kill`, `stop` act on one, `close` on all."""
+
+    def __init__(
+        self, components: list[Component], data_dir: Path, redis: EmbeddedRedis, ports: StackPorts
+    ) -> None:
+        self.components = {c.name: c for c in components}
+        self.data_dir = data_dir
+        self.redis = redis
+        self.ports = ports
+        self.launchers: dict[str, Launcher] = {}
+
+    def url(self, name: str) -> str:
+        port = {
+            "engine": self.ports.engine,
+            "generator": self.ports.generator,
+            "verifier": self.ports.verifier,
+            "trainer": self.ports.trainer_metrics,
+        }[name]
+        return f"{LOCAL}:{port}"
+
+    def events(self, kind: str) -> list[dict]:
+        """The trainer's JSON-lines records of this kind (step, checkpoint, swap, skip)."""
+        path = self.data_dir / "trainer" / "metrics.jsonl"
+        if not path.exists():
+            return []
+        records = (json.loads(line) for line in path.read_text().splitlines() if line)
+        return [r for r in records if r["event"] == kind]
+
+    def log(self, name: str) -> str:
+        path = self.data_dir / "logs" / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def start(self, *names: str, env: dict[str, str] | None = None) -> None:
+        """Start these components together (they load in parallel), then wait for health."""
+        for name in names:
+            component = self.components[name]
+            if env:
+                component = replace(component, env={**component.env, **env})
+            launcher = Launcher(self.data_dir / "logs", echo=False)
+            launcher.start(component)
+            self.launchers[name] = launcher
+        for name in names:
+            self.launchers[name].wait_ready()
+
+    def running(self, name: str) -> bool:
+        return name in self.launchers
+
+    def pid(self, name: str) -> int:
+        return self.launchers[name].running[0].process.pid
+
+    def kill(self, name: str) -> None:
+        """SIGKILL the component's process group, as a crash or the OOM killer would."""
+        launcher = self.launchers.pop(name)
+        run = launcher.running[0]
+        try:
+            os.killpg(run.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        run.process.wait(30)
+        launcher.running.clear()
+
+    def stop(self, name: str) -> None:
+        """SIGTERM, then SIGKILL what outlives the launcher's grace period."""
+        self.launchers.pop(name).stop_all()
+
+    def check(self) -> None:
+        """Raise ComponentDiedError if a running component exited."""
+        for launcher in self.launchers.values():
+            launcher.check()
+
+    def close(self) -> None:
+        for name in reversed(list(self.launchers)):
+            self.stop(name)
+
+
+async def eventually(
+    condition: Callable[[], bool | Awaitable[bool]],
+    what: str,
+    stack: LocalStack,
+    timeout_s: float = 180,
+    poll_s: float = 0.2,
+) -> None:
+    """Poll until `condition` holds; fail naming `what` at the deadline or if a component died."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = condition()
+        if await result if inspect.isawaitable(result) else result:
+            return
+        stack.check()
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s:.0f}s"
+        await asyncio.sleep(poll_s)
+
+
+def newly_committed(checkpoint_root: Path) -> list[list[str]]:
+    """Per trainer checkpoint, oldest first, the stream ids it commits that the one before did
+    not: what its steps trained on (or skipped). Needs every checkpoint kept."""
+    result, before = [], set()
+    for path in ckpt.list_checkpoints(checkpoint_root):
+        ids = set(ckpt.read_state(path).committed_ids)
+        result.append(sorted(ids - before))
+        before = ids
+    return result
+
+
+@contextmanager
+def local_stack(
+    model_dir: Path, data_dir: Path, env: dict[str, str], start: tuple[str, ...]
+) -> Iterator[LocalStack]:
+    """A private Redis and the pipeline's components (those named in `start` started)."""
+    ports = free_stack_ports()
+    with EmbeddedRedis(data_dir / "redis") as redis:
+        components = local_components(str(model_dir), redis.url, data_dir, ports, env)
+        stack = LocalStack(components, data_dir, redis, ports)
+        try:
+            if start:
+                stack.start(*start)
+            yield stack
+        finally:
+            stack.close()

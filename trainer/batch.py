@@ -1,0 +1,85 @@
+"""Samples to tensors: the exact token ids vLLM used (prompt + completion), right-padded, with a
+loss mask on the completion tokens only and the three feedback numbers per sample."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor
+
+from services.schemas import Sample
+
+
+@dataclass(frozen=True)
+class Batch:
+    input_ids: Tensor  # (B, T) prompt + completion, right-padded
+    attention_mask: Tensor  # (B, T) 1 on real tokens
+    # position t predicts token t+1; the last column has no target (padding, masked out), so
+    # the model's (B, T, V) logits are used whole instead of copied into a (B, T-1, V) slice
+    target_ids: Tensor  # (B, T) input_ids shifted left
+    loss_mask: Tensor  # (B, T) 1 where the target is a completion token
+    solution_score: Tensor  # (B,)
+    reasoning_score: Tensor  # (B,)
+    is_correct: Tensor  # (B,) 0/1
+
+    @property
+    def completion_tokens(self) -> int:
+        return int(self.loss_mask.sum())
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(*(getattr(self, f.name).to(device) for f in fields(self)))
+
+    def split(self, size: int) -> list[Batch]:
+        """Micro-batches of at most `size` samples, trimmed to their own longest sequence."""
+        parts = []
+        for start in range(0, self.input_ids.shape[0], size):
+            rows = slice(start, start + size)
+            length = int(self.attention_mask[rows].sum(dim=1).max())
+            parts.append(
+                Batch(
+                    self.input_ids[rows, :length],
+                    self.attention_mask[rows, :length],
+                    self.target_ids[rows, :length],
+                    self.loss_mask[rows, :length],
+                    self.solution_score[rows],
+                    self.reasoning_score[rows],
+                    self.is_correct[rows],
+                )
+            )
+        return parts
+
+
+def unusable_reason(sample: Sample, max_seq_len: int, vocab_size: int) -> str | None:
+    """Why a sample cannot be trained on with this model and length limit, or None."""
+    tokens = sample.prompt_token_ids + sample.completion_token_ids
+    if max(tokens) >= vocab_size:
+        return f"token id {max(tokens)} outside the model's vocabulary of {vocab_size}"
+    if len(sample.prompt_token_ids) >= max_seq_len:
+        return f"prompt of {len(sample.prompt_token_ids)} tokens leaves no room (max_seq_len)"
+    return None
+
+
+def collate(samples: list[Sample], max_seq_len: int, pad_id: int) -> Batch:
+    """Pad the samples' token ids into one batch; completions longer than the room left after
+    the prompt are cut at the end. Every sample must have passed `unusable_reason`."""
+    sequences = [(s.prompt_token_ids + s.completion_token_ids)[:max_seq_len] for s in samples]
+    length = max(len(seq) for seq in sequences)
+    input_ids = torch.full((len(samples), length), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(samples), length), dtype=torch.long)
+    loss_mask = torch.zeros((len(samples), length), dtype=torch.float32)
+    for row, (sample, seq) in enumerate(zip(samples, sequences, strict=True)):
+        input_ids[row, : len(seq)] = torch.tensor(seq)
+        attention_mask[row, : len(seq)] = 1
+        # target t is token t+1: the first completion token is the target of the last prompt one
+        loss_mask[row, len(sample.prompt_token_ids) - 1 : len(seq) - 1] = 1
+    feedback = [s.feedback for s in samples]
+    return Batch(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        target_ids=torch.cat([input_ids[:, 1:], input_ids.new_full((len(samples), 1), pad_id)], 1),
+        loss_mask=loss_mask,
+        solution_score=torch.tensor([f.solution_score for f in feedback]),
+        reasoning_score=torch.tensor([f.reasoning_score for f in feedback]),
+        is_correct=torch.tensor([float(f.is_correct) for f in feedback]),
+    )

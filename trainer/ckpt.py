@@ -1,0 +1,128 @@
+"""Checkpoints: `step_<N>` directories that agent A can load and the trainer can resume from.
+
+Each holds an HF safetensors model and its tokenizer (what agent A loads), `trainer_state.pt`
+(the optimizer state) and `trainer_state.json` (step, weight version, and the stream ids of the
+samples this checkpoint commits). A checkpoint is written into a hidden temporary directory,
+fsynced, then renamed into place: a directory named `step_<N>` is always complete, so a trainer
+killed while writing leaves only a temporary directory, removed on the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, Field
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "step_"
+TMP_PREFIX = ".tmp-"
+STATE_JSON = "trainer_state.json"
+STATE_PT = "trainer_state.pt"
+
+
+class TrainerState(BaseModel):
+    """What a checkpoint records besides the weights."""
+
+    step: int = Field(ge=0)
+    version: int = Field(ge=0, description="Weight version this checkpoint is published as.")
+    served_version: int = Field(ge=0, description="Last version agent A confirmed loading.")
+    committed_ids: list[str] = Field(
+        description="Stream ids of the samples trained on (or skipped) by the steps this "
+        "checkpoint commits, plus any earlier committed ones not yet acknowledged."
+    )
+    samples_trained: int = 0
+    samples_skipped: int = 0
+    tokens_trained: int = 0
+    saved_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
+def checkpoint_dir(root: Path, step: int) -> Path:
+    # zero-padded so that a plain listing sorts by step
+    return root / f"{PREFIX}{step:08d}"
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    found = [p for p in root.glob(f"{PREFIX}*") if p.is_dir() and p.name[len(PREFIX) :].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    checkpoints = list_checkpoints(root)
+    return checkpoints[-1] if checkpoints else None
+
+
+def read_state(path: Path) -> TrainerState:
+    return TrainerState.model_validate_json((path / STATE_JSON).read_text())
+
+
+def load_optimizer_state(path: Path, optimizer: torch.optim.Optimizer) -> None:
+    state = torch.load(path / STATE_PT, map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])  # moves the tensors to the params' device
+
+
+def save_checkpoint(
+    root: Path,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    optimizer: torch.optim.Optimizer,
+    state: TrainerState,
+) -> Path:
+    """Write `step_<N>` completely, then make it appear at once; returns its path."""
+    final = checkpoint_dir(root, state.step)
+    if final.exists():
+        raise FileExistsError(f"checkpoint {final} exists: resume should have started after it")
+    tmp = root / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    torch.save({"optimizer": optimizer.state_dict()}, tmp / STATE_PT)
+    # the JSON last: it names the samples this checkpoint commits
+    (tmp / STATE_JSON).write_text(state.model_dump_json(indent=1))
+    _fsync_tree(tmp)
+    tmp.rename(final)
+    _fsync_dir(root)
+    return final
+
+
+def prune_checkpoints(root: Path, keep: int, protect: set[Path] | None = None) -> list[Path]:
+    """Delete all but the newest `keep` checkpoints, except `protect` (being loaded by
+    agent A right now); returns what was deleted."""
+    removed = []
+    for path in list_checkpoints(root)[:-keep]:
+        if path in (protect or set()):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def remove_partial(root: Path) -> None:
+    """Temporary directories of checkpoints whose writer died before the rename."""
+    for path in root.glob(f"{TMP_PREFIX}{PREFIX}*"):
+        logger.info("removing incomplete checkpoint %s", path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _fsync_tree(directory: Path) -> None:
+    for path in directory.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as handle:
+                os.fsync(handle.fileno())
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,173 @@
+"""What the trainer reports, three ways: one readable log line per event, the same numbers as a
+JSON line in a file, and Prometheus metrics (`gvloop_trainer_*`) on /metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+logger = logging.getLogger("trainer")
+
+SECONDS_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+@dataclass(frozen=True)
+class StepStats:
+    step: int
+    seconds: float
+    loss: float
+    ce: float
+    reward: float
+    penalty: float
+    feedback: float  # mean S over the batch
+    accuracy: float  # mean C over the batch
+    samples: int
+    tokens: int  # completion tokens trained on
+    tokens_per_s: float
+    lr: float
+    grad_norm: float
+    lag: int  # samples in the stream not yet delivered to any consumer
+    staleness: int  # served version minus the oldest weight version in the batch
+    version: int  # weight version agent A serves
+
+
+def step_line(s: StepStats) -> str:
+    """`step 42 | 1.9s | loss 1.234 (ce 1.100 reward 0.200 penalty 0.330) | ...`"""
+    return (
+        f"step {s.step} | {s.seconds:.1f}s | loss {s.loss:.4f} (ce {s.ce:.4f} "
+        f"reward {s.reward:.4f} penalty {s.penalty:.4f}) | feedback {s.feedback:.3f} | "
+        f"acc {s.accuracy:.3f} | {s.samples} samples {s.tokens_per_s:.0f} tok/s | "
+        f"lr {s.lr:.2e} gnorm {s.grad_norm:.3f} | lag {s.lag} | stale {s.staleness} | "
+        f"v{s.version}"
+    )
+
+
+class TrainerMetrics:
+    """The trainer's Prometheus registry (one per instance: tests build several) and its JSON
+    lines file."""
+
+    def __init__(self, jsonl_path: Path) -> None:
+        self.jsonl_path = jsonl_path
+        jsonl_path.parent.mkdir(parents=True, exist_ok=True)
+        self.registry = r = CollectorRegistry()
+        self.step = Gauge("gvloop_trainer_step", "Optimizer steps taken.", registry=r)
+        self.loss = Gauge(
+            "gvloop_trainer_loss",
+            "Batch loss and its parts (total, ce, reward, penalty).",
+            ["part"],
+            registry=r,
+        )
+        self.feedback = Gauge("gvloop_trainer_feedback", "Mean S of the last batch.", registry=r)
+        self.accuracy = Gauge("gvloop_trainer_accuracy", "Mean C of the last batch.", registry=r)
+        self.throughput = Gauge(
+            "gvloop_trainer_tokens_per_second", "Completion tokens per second.", registry=r
+        )
+        self.lr = Gauge("gvloop_trainer_learning_rate", "Learning rate.", registry=r)
+        self.grad_norm = Gauge("gvloop_trainer_grad_norm", "Norm before clipping.", registry=r)
+        self.lag = Gauge("gvloop_trainer_queue_lag", "Undelivered samples.", registry=r)
+        self.staleness = Gauge(
+            "gvloop_trainer_batch_staleness", "Versions behind, oldest sample.", registry=r
+        )
+        self.version = Gauge(
+            "gvloop_trainer_weight_version", "Weight version agent A serves.", registry=r
+        )
+        self.samples = Counter("gvloop_trainer_samples", "Samples trained on.", registry=r)
+        self.tokens = Counter("gvloop_trainer_tokens", "Completion tokens trained.", registry=r)
+        self.skipped = Counter(
+            "gvloop_trainer_skipped_samples",
+            "Samples not trained on, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.step_seconds = Histogram(
+            "gvloop_trainer_step_seconds",
+            "Time of one optimizer step.",
+            buckets=SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.checkpoint_seconds = Histogram(
+            "gvloop_trainer_checkpoint_seconds",
+            "Time to write one checkpoint.",
+            buckets=SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.swaps = Counter(
+            "gvloop_trainer_swaps",
+            "Hot-swap requests to agent A, by outcome.",
+            ["outcome"],
+            registry=r,
+        )
+        self.swap_seconds = Histogram(
+            "gvloop_trainer_swap_seconds",
+            "Time of a successful POST /weights.",
+            buckets=SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.errors = Counter(
+            "gvloop_trainer_errors", "Recovered failures, by kind.", ["kind"], registry=r
+        )
+
+    def serve(self, host: str, port: int) -> None:
+        """Serve /metrics from a daemon thread (it dies with the process)."""
+        start_http_server(port, addr=host, registry=self.registry)
+        logger.info(
+            "metrics on http://%s:%d/metrics, JSON lines in %s", host, port, self.jsonl_path
+        )
+
+    def event(self, name: str, **fields: Any) -> None:
+        """Append one JSON line: {"event": name, "time": ..., **fields}."""
+        record = {"event": name, "time": round(time.time(), 3), **fields}
+        with self.jsonl_path.open("a", encoding="utf-8") as out:
+            out.write(json.dumps(record, default=str) + "\n")
+
+    def record_step(self, s: StepStats) -> None:
+        self.step.set(s.step)
+        for part in ("loss", "ce", "reward", "penalty"):
+            self.loss.labels("total" if part == "loss" else part).set(getattr(s, part))
+        self.feedback.set(s.feedback)
+        self.accuracy.set(s.accuracy)
+        self.throughput.set(s.tokens_per_s)
+        self.lr.set(s.lr)
+        self.grad_norm.set(s.grad_norm)
+        self.lag.set(s.lag)
+        self.staleness.set(s.staleness)
+        self.version.set(s.version)
+        self.samples.inc(s.samples)
+        self.tokens.inc(s.tokens)
+        self.step_seconds.observe(s.seconds)
+        self.event("step", **asdict(s))
+        logger.info(step_line(s))
+
+    def record_skip(self, reason: str, stream_id: str, detail: str) -> None:
+        self.skipped.labels(reason).inc()
+        self.event("skip", reason=reason, id=stream_id, detail=detail)
+        logger.info("skipped sample %s (%s): %s", stream_id, reason, detail)
+
+    def record_checkpoint(
+        self, step: int, version: int, path: Path, seconds: float, n: int
+    ) -> None:
+        self.checkpoint_seconds.observe(seconds)
+        self.event(
+            "checkpoint", step=step, version=version, path=str(path), seconds=seconds, committed=n
+        )
+        logger.info(
+            "checkpoint step %d -> %s (v%d) in %.1fs, %d samples committed",
+            step,
+            path,
+            version,
+            seconds,
+            n,
+        )
+
+    def record_swap(self, version: int, outcome: str, seconds: float, detail: str) -> None:
+        self.swaps.labels(outcome).inc()
+        if outcome == "ok":
+            self.swap_seconds.observe(seconds)
+            self.version.set(version)
+        self.event("swap", version=version, outcome=outcome, seconds=seconds, detail=detail)

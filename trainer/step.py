@@ -1,0 +1,107 @@
+"""One optimizer step on a batch, and the learning-rate schedule: the torch side of the trainer,
+synchronous (the worker runs it in a thread so that swaps and queue I/O go on meanwhile)."""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from trainer.batch import Batch
+from trainer.loss import feedback_augmented_loss
+from trainer.settings import TrainerSettings
+
+
+@dataclass(frozen=True)
+class StepResult:
+    loss: float
+    ce: float  # batch means of the three parts
+    reward: float
+    penalty: float
+    grad_norm: float  # before clipping
+    feedback: float  # mean S
+    accuracy: float  # mean C
+    tokens: int  # completion tokens
+
+
+def get_lr(step: int, cfg: TrainerSettings) -> float:
+    """Learning rate of optimizer step `step` (1-based)."""
+    # 1) linear warm-up
+    if step <= cfg.warmup_steps:
+        return cfg.lr * step / cfg.warmup_steps
+    # 2) then constant
+    if cfg.schedule == "constant":
+        return cfg.lr
+    # 3) or a decay to min_lr, which then stays
+    progress = min(1.0, (step - cfg.warmup_steps) / cfg.schedule_decay_steps)
+    assert 0 <= progress <= 1
+    coeff = 1 - progress if cfg.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+    return cfg.min_lr + coeff * (cfg.lr - cfg.min_lr)
+
+
+def setup_device(cfg: TrainerSettings) -> tuple[torch.device, torch.dtype | None]:
+    """The device, and the autocast dtype (None: plain float32)."""
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("GVLOOP_TRAINER_DEVICE=cuda but torch sees no CUDA device")
+    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if use_cuda else "cpu")
+    if cfg.dtype == "bfloat16" or (
+        cfg.dtype == "auto" and use_cuda and torch.cuda.is_bf16_supported()
+    ):
+        return device, torch.bfloat16
+    return device, None
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    lr: float,
+    cfg: TrainerSettings,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+) -> StepResult:
+    """Forward and backward over micro-batches (gradients accumulate), clip, AdamW step."""
+    model.train()
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    n_samples = batch.input_ids.shape[0]
+    sums = torch.zeros(3, device=device)  # ce, reward, penalty summed over samples
+    for micro in batch.split(cfg.micro_batch_size):
+        micro = micro.to(device)
+        amp = torch.autocast(device.type, amp_dtype) if amp_dtype else nullcontext()
+        with amp:
+            logits = model(input_ids=micro.input_ids, attention_mask=micro.attention_mask).logits
+        out = feedback_augmented_loss(
+            logits,  # (b, T, V)
+            micro.target_ids,
+            micro.loss_mask,
+            micro.solution_score,
+            micro.reasoning_score,
+            micro.is_correct,
+            cfg.lambda1,
+            cfg.lambda2,
+            chunk_tokens=cfg.loss_chunk_tokens,
+        )
+        # the batch loss is a mean over all its samples: weigh each micro-batch by its share
+        (out.loss * (micro.input_ids.shape[0] / n_samples)).backward()
+        sums += torch.stack([out.ce.sum(), out.reward.sum(), out.penalty.sum()]).detach()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+    # a non-finite gradient would poison every weight: drop this update (the log shows nan)
+    if torch.isfinite(grad_norm):
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    ce, reward, penalty = (sums / n_samples).tolist()  # note: a device sync point
+    s = (batch.solution_score + batch.reasoning_score) / 2
+    return StepResult(
+        loss=ce + reward + penalty,
+        ce=ce,
+        reward=reward,
+        penalty=penalty,
+        grad_norm=float(grad_norm),
+        feedback=float(s.mean()),
+        accuracy=float(batch.is_correct.mean()),
+        tokens=batch.completion_tokens,
+    )

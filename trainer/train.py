@@ -1,0 +1,247 @@
+"""The trainer worker: batches from the Redis stream, feedback-augmented AdamW steps, checkpoints
+that commit (and then acknowledge) the samples they trained on, and hot swaps of agent A.
+
+Lifecycle: `setup()` (resume from the newest checkpoint, or start from GVLOOP_MODEL), then
+`main_loop()` until max_steps or SIGTERM/SIGINT, then `stop()`, which commits the steps taken
+since the last checkpoint so a clean stop redoes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+
+import torch
+import transformers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from services.clients import GeneratorClient, RetryPolicy
+from services.models import resolve_model
+from services.queue import open_queue
+from services.redis_server import EmbeddedRedis, ensure_redis
+from services.settings import CommonSettings
+from trainer import ckpt
+from trainer.batch import collate
+from trainer.intake import Intake
+from trainer.metrics import StepStats, TrainerMetrics
+from trainer.progress import TrainProgress
+from trainer.settings import TrainerSettings
+from trainer.step import get_lr, setup_device, train_step
+from trainer.swap import SwapPublisher
+
+logger = logging.getLogger("trainer")
+
+
+def setup_model(
+    source: str, device: torch.device
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """float32 weights (the optimizer's master copy; autocast does bf16 compute)."""
+    logger.info("loading model from %s onto %s", source, device)
+    # transformers draws a progress bar per load and per save: noise between the step lines
+    transformers.utils.logging.disable_progress_bar()
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).to(device)
+    return model, AutoTokenizer.from_pretrained(source)
+
+
+def setup_optimizer(model: torch.nn.Module, cfg: TrainerSettings) -> torch.optim.AdamW:
+    logger.info("AdamW (lr %.1e, %s, weight decay %g)", cfg.lr, cfg.schedule, cfg.weight_decay)
+    return torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+    )
+
+
+def setup_publisher(cfg: TrainerSettings, metrics: TrainerMetrics, served: int) -> SwapPublisher:
+    # one attempt per request: the publisher owns the retries (and their backoff)
+    client = GeneratorClient(
+        cfg.generator_url, cfg.generator_token, cfg.swap_timeout_s, RetryPolicy(attempts=1)
+    )
+    backoff = RetryPolicy(backoff_s=1.0, max_backoff_s=cfg.swap_max_backoff_s)
+    return SwapPublisher(client, metrics, served, backoff)
+
+
+class Worker:
+    def __init__(self, cfg: TrainerSettings, common: CommonSettings) -> None:
+        self.cfg = cfg
+        self.common = common
+        self.root = common.checkpoint_root.resolve()
+        self.metrics = TrainerMetrics(
+            cfg.metrics_file or common.data_dir / "trainer" / "metrics.jsonl"
+        )
+        self.stopping = asyncio.Event()
+        self.device, self.amp_dtype = setup_device(cfg)
+        # set by setup()
+        self.state: ckpt.TrainerState  # of the last checkpoint (or the start)
+        self.step = 0
+        self.model: PreTrainedModel
+        self.tokenizer: PreTrainedTokenizerBase
+        self.optimizer: torch.optim.AdamW
+        self.intake: Intake
+        self.publisher: SwapPublisher | None = None
+        self.redis: EmbeddedRedis | None = None
+
+    async def setup(self) -> None:
+        cfg, common = self.cfg, self.common
+        if cfg.metrics_port:
+            self.metrics.serve(cfg.metrics_host, cfg.metrics_port)
+        self.root.mkdir(parents=True, exist_ok=True)
+        ckpt.remove_partial(self.root)
+        resume = ckpt.latest_checkpoint(self.root)
+        if resume is None:
+            source = resolve_model(common.model, common.data_dir)
+            self.state = ckpt.TrainerState(step=0, version=0, served_version=0, committed_ids=[])
+        else:
+            source = str(resume)
+            self.state = ckpt.read_state(resume)
+        self.step = self.state.step
+        self.model, self.tokenizer = setup_model(source, self.device)
+        self.optimizer = setup_optimizer(self.model, cfg)
+        if resume is not None:
+            ckpt.load_optimizer_state(resume, self.optimizer)
+            logger.info(
+                "resumed from %s: step %d, v%d, %d committed samples to acknowledge",
+                resume, self.step, self.state.version, len(self.state.committed_ids),
+            )  # fmt: skip
+        self.metrics.event("start", step=self.step, version=self.state.version, source=source)
+
+        redis_url, self.redis = ensure_redis(common.redis_url, common.data_dir)
+        queue = open_queue(common, redis_url, cfg.consumer)
+        self.intake = Intake(
+            queue,
+            self.metrics,
+            batch_size=cfg.batch_size,
+            max_wait_s=cfg.max_wait_s,
+            max_staleness=cfg.max_staleness,
+            max_seq_len=cfg.max_seq_len,
+            vocab_size=self.model.get_input_embeddings().num_embeddings,
+        )
+        await self.intake.until_done("create group", queue.ensure_group)
+        self.intake.resume(self.state.committed_ids)
+        await self.intake.ack_committed()
+        if cfg.swap:
+            self.publisher = setup_publisher(cfg, self.metrics, self.state.served_version)
+            self.publisher.start()
+            if resume is not None:
+                # agent A may have restarted on the base model, or died before this swap
+                self.publisher.publish(resume, self.state.version)
+        logger.info(
+            "trainer %s reading %s (group %s) from %s: batch %d (micro %d), checkpoint every "
+            "%d steps into %s",
+            cfg.consumer, common.stream, common.group, redis_url, cfg.batch_size,
+            cfg.micro_batch_size, cfg.checkpoint_every, self.root,
+        )  # fmt: skip
+
+    @property
+    def served_version(self) -> int:
+        return self.publisher.served_version if self.publisher else self.state.served_version
+
+    def done(self) -> bool:
+        return self.stopping.is_set() or 0 < self.cfg.max_steps <= self.step
+
+    async def main_loop(self) -> None:
+        cfg = self.cfg
+        pad_id = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id or 0
+        show = cfg.progress == "on" or (cfg.progress == "auto" and sys.stdout.isatty())
+        with TrainProgress(show, cfg.max_steps, self.step) as progress:
+            while not self.done():
+                await self.intake.ack_committed()  # left over if Redis was down at the commit
+                deliveries = await self.intake.next_batch(
+                    lambda: self.served_version, self.stopping
+                )
+                if not deliveries:
+                    continue
+                t0 = time.perf_counter()
+                batch = collate([d.sample for d in deliveries], cfg.max_seq_len, pad_id)
+                lr = get_lr(self.step + 1, cfg)
+                out = await asyncio.to_thread(
+                    train_step, self.model, self.optimizer, batch, lr, cfg, self.device,
+                    self.amp_dtype,
+                )  # fmt: skip
+                seconds = time.perf_counter() - t0
+                self.step += 1
+                self.intake.trained([d.id for d in deliveries])
+                self.state.samples_trained += len(deliveries)
+                self.state.tokens_trained += out.tokens
+                oldest = min(d.sample.weight_version for d in deliveries)
+                stats = StepStats(
+                    step=self.step, seconds=seconds, loss=out.loss, ce=out.ce,
+                    reward=out.reward, penalty=out.penalty, feedback=out.feedback,
+                    accuracy=out.accuracy, samples=len(deliveries), tokens=out.tokens,
+                    tokens_per_s=out.tokens / seconds, lr=lr, grad_norm=out.grad_norm,
+                    lag=await self.intake.lag(), staleness=max(0, self.served_version - oldest),
+                    version=self.served_version,
+                )  # fmt: skip
+                self.metrics.record_step(stats)
+                progress.update(stats)
+                if self.step % cfg.checkpoint_every == 0:
+                    await self.commit()
+
+    async def commit(self) -> None:
+        """Checkpoint the steps taken since the last one, acknowledge their samples, publish."""
+        t0 = time.perf_counter()
+        state = self.state.model_copy(
+            update={
+                "step": self.step,
+                "version": self.state.version + 1,
+                "served_version": self.served_version,
+                "committed_ids": self.intake.commit_ids(),
+                "samples_skipped": self.state.samples_skipped + self.intake.skipped,
+            }
+        )
+        path = await asyncio.to_thread(
+            ckpt.save_checkpoint, self.root, self.model, self.tokenizer, self.optimizer, state
+        )
+        self.state, self.intake.skipped = state, 0
+        self.intake.committed()
+        self.metrics.record_checkpoint(
+            state.step, state.version, path, time.perf_counter() - t0, len(state.committed_ids)
+        )
+        await self.intake.ack_committed()
+        protect = (
+            {self.publisher.in_flight} if self.publisher and self.publisher.in_flight else set()
+        )
+        await asyncio.to_thread(
+            ckpt.prune_checkpoints, self.root, self.cfg.keep_checkpoints, protect
+        )
+        if self.publisher is not None:
+            self.publisher.publish(path, state.version)
+
+    async def stop(self) -> None:
+        if self.step > self.state.step:
+            logger.info("stopping: committing steps %d..%d", self.state.step + 1, self.step)
+            await self.commit()
+        if self.publisher is not None:
+            # a finished run hands agent A its final weights; a stop request does not wait
+            finished = 0 < self.cfg.max_steps <= self.step
+            await self.publisher.stop(self.cfg.swap_timeout_s if finished else 0.0)
+        await self.intake.queue.client.aclose()
+        if self.redis is not None:
+            self.redis.stop()
+        logger.info("trainer stopped at step %d (v%d)", self.step, self.state.version)
+
+
+async def run(cfg: TrainerSettings, common: CommonSettings) -> None:
+    """The worker until max_steps, SIGTERM or SIGINT (each ends it cleanly)."""
+    worker = Worker(cfg, common)
+    # Until set up, a signal stops the process at once (nothing to commit yet; a Redis that
+    # cannot be reached would otherwise hold it in setup's retries)
+    await worker.setup()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _stop_on_signal, worker, sig)
+    try:
+        await worker.main_loop()
+    finally:
+        await worker.stop()
+
+
+def _stop_on_signal(worker: Worker, sig: signal.Signals) -> None:
+    logger.info("%s: finishing the current step, then stopping", sig.name)
+    worker.stopping.set()
