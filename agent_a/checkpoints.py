@@ -23,13 +23,19 @@ def resolve_checkpoint(raw: str, root: Path) -> Path:
     """The checkpoint directory `raw` names (absolute, or relative to `root`), refused unless
     it resolves, symlinks followed, to a directory inside `root`."""
     root = root.resolve()
-    path = (root / raw).resolve()  # an absolute `raw` replaces root in the join
+    if "\0" in raw:
+        raise CheckpointRejectedError(f"checkpoint_dir {raw!r}: a path cannot hold a NUL byte")
+    try:
+        path = (root / raw).resolve()  # an absolute `raw` replaces root in the join
+        is_dir = path.is_dir()
+    except OSError as exc:  # a name too long, a symlink loop
+        raise CheckpointRejectedError(f"checkpoint_dir {raw[:200]!r}: {exc.strerror}") from exc
     if not path.is_relative_to(root):
         raise CheckpointOutsideRootError(
             f"checkpoint_dir {raw!r} resolves to {path}, outside the checkpoint root {root} "
             "(GVLOOP_CHECKPOINT_DIR): agent A loads weights only from inside it"
         )
-    if not path.is_dir():
+    if not is_dir:
         raise CheckpointRejectedError(f"checkpoint_dir {raw!r}: no directory at {path}")
     return path
 

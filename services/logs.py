@@ -6,7 +6,12 @@ import sys
 FORMAT = "%(asctime)s %(levelname)-5s %(name)s | %(message)s"
 
 
-def setup_logging(level: str = "INFO") -> None:
+def setup_logging(level: str | None = None) -> None:
+    """`level` unset: GVLOOP_LOG_LEVEL."""
+    if level is None:
+        from services.settings import CommonSettings
+
+        level = CommonSettings().log_level
     logging.basicConfig(
         level=level.upper(), format=FORMAT, datefmt="%H:%M:%S", stream=sys.stdout, force=True
     )

@@ -48,6 +48,8 @@ class CommonSettings(BaseSettings):
     redis_timeout_s: float = Field(default=5.0, gt=0)
     """Socket timeout for every Redis call (blocking reads add their own block time)."""
     log_level: str = "INFO"
+    """Log level of the trainer, the engine launcher and `gvloop up`; the two APIs have their
+    own (GVLOOP_GENERATOR_LOG_LEVEL, GVLOOP_VERIFIER_LOG_LEVEL)."""
 
     @property
     def checkpoint_root(self) -> Path:

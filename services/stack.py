@@ -32,6 +32,29 @@ class StackPorts(BaseModel):
     trainer_metrics: int = 8003
 
 
+class Tokens(BaseModel):
+    """The APIs' bearer tokens (GVLOOP_GENERATOR_API_TOKEN, GVLOOP_VERIFIER_API_TOKEN), handed
+    to each component that calls them, as docker-compose.yml does."""
+
+    generator: str | None = None
+    verifier: str | None = None
+
+    @classmethod
+    def from_settings(cls) -> Tokens:
+        from agent_a.settings import GeneratorSettings
+        from agent_b.settings import VerifierSettings
+
+        return cls(generator=GeneratorSettings().api_token, verifier=VerifierSettings().api_token)
+
+    def client_env(self) -> dict[str, str]:
+        env = {}
+        if self.generator:
+            env["GVLOOP_TRAINER_GENERATOR_TOKEN"] = self.generator
+        if self.verifier:
+            env["GVLOOP_GENERATOR_VERIFIER_TOKEN"] = self.verifier
+        return env
+
+
 def local_components(
     model: str,
     redis_url: str,
@@ -115,6 +138,8 @@ def run_stack(
     redis_url, embedded = ensure_redis(common.redis_url, common.data_dir)
     try:
         with Launcher(common.data_dir / "logs") as launcher:
+            tokens = Tokens.from_settings()
+            env = {**tokens.client_env(), **(env or {})}
             components = local_components(model_path, redis_url, common.data_dir, ports, env)
             for component in components:
                 launcher.start(component)
@@ -130,19 +155,23 @@ def run_stack(
             if demo is None:
                 launcher.wait()
                 return None
-            return asyncio.run(_run_demo(launcher, demo, ports))
+            return asyncio.run(_run_demo(launcher, demo, ports, tokens))
     finally:
         if embedded is not None:
             embedded.stop()
 
 
-async def _run_demo(launcher: Launcher, config: DemoConfig, ports: StackPorts) -> list[EvalPoint]:
+async def _run_demo(
+    launcher: Launcher, config: DemoConfig, ports: StackPorts, tokens: Tokens
+) -> list[EvalPoint]:
     local = "http://127.0.0.1"
     demo = Demo(
         config,
         generator_url=f"{local}:{ports.generator}",
         engine_url=f"{local}:{ports.engine}",
         verifier_url=f"{local}:{ports.verifier}",
+        generator_token=tokens.generator,
+        verifier_token=tokens.verifier,
     )
     try:
         return await _watch(launcher, asyncio.create_task(demo.run()))

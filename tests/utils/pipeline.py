@@ -16,7 +16,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from services.launcher import Component, Launcher
-from services.redis_server import EmbeddedRedis
+from services.queue import PAYLOAD
+from services.redis_server import EmbeddedRedis, connect
+from services.schemas import Sample
+from services.settings import CommonSettings
 from services.stack import StackPorts, local_components
 from trainer import ckpt
 
@@ -133,6 +136,21 @@ async def eventually(
         stack.check()
         assert time.monotonic() < deadline, f"{what}: not within {timeout_s:.0f}s"
         await asyncio.sleep(poll_s)
+
+
+def common(stack: LocalStack) -> CommonSettings:
+    """The shared settings the stack's components read."""
+    return CommonSettings(_env_file=None, data_dir=stack.data_dir)  # type: ignore[call-arg]
+
+
+async def stream_samples(stack: LocalStack) -> list[Sample]:
+    """Every sample in the stream now (each must parse: feedback and all)."""
+    client = connect(stack.redis.url)
+    try:
+        entries = await client.xrange(common(stack).stream)
+    finally:
+        await client.aclose()
+    return [Sample.model_validate_json(fields[PAYLOAD.encode()]) for _, fields in entries]
 
 
 def newly_committed(checkpoint_root: Path) -> list[list[str]]:

@@ -8,12 +8,6 @@ from typing import Any
 
 import httpx
 
-from services.queue import PAYLOAD
-from services.redis_server import connect
-from services.schemas import Sample
-from services.settings import CommonSettings
-from tests.utils.pipeline import LocalStack
-
 GENERATOR_TOKEN = "generator-test-token"
 VERIFIER_TOKEN = "verifier-test-token"
 AUTH = {"Authorization": f"Bearer {GENERATOR_TOKEN}"}
@@ -45,11 +39,6 @@ ENV = {
 }
 
 
-def common(stack: LocalStack) -> CommonSettings:
-    """The shared settings the stack's components read."""
-    return CommonSettings(_env_file=None, data_dir=stack.data_dir)  # type: ignore[call-arg]
-
-
 def problems(tag: str, count: int = 1, n: int = 2, **sampling: Any) -> dict[str, Any]:
     """A POST /problems body of short generations."""
     return {
@@ -77,16 +66,6 @@ async def greedy(http: httpx.AsyncClient) -> tuple[str, int]:
     assert response.status_code == 200, response.text
     (solution,) = response.json()["data"][0]["solutions"]
     return solution["solution"], solution["weight_version"]
-
-
-async def stream_samples(stack: LocalStack) -> list[Sample]:
-    """Every sample in the stream now (each must parse: feedback and all)."""
-    client = connect(stack.redis.url)
-    try:
-        entries = await client.xrange(common(stack).stream)
-    finally:
-        await client.aclose()
-    return [Sample.model_validate_json(fields[PAYLOAD.encode()]) for _, fields in entries]
 
 
 def statuses(responses: list[httpx.Response | BaseException]) -> Counter[str]:

@@ -15,14 +15,12 @@ from services.queue import SampleQueue
 from services.redis_server import connect
 from tests.reliability.pipeline.helpers import (
     AUTH,
-    common,
     problems,
     queued_ids,
     statuses,
-    stream_samples,
 )
 from tests.utils.figures import Figures
-from tests.utils.pipeline import LocalStack, eventually, newly_committed
+from tests.utils.pipeline import LocalStack, common, eventually, newly_committed, stream_samples
 from tests.utils.samples import make_sample
 
 pytestmark = pytest.mark.slow

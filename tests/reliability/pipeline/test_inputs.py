@@ -14,11 +14,11 @@ import pytest
 from schemathesis import Case
 
 from services.schemas import MAX_BATCH
-from tests.reliability.pipeline.helpers import AUTH, GENERATOR_TOKEN, common, problems
+from tests.reliability.pipeline.helpers import AUTH, GENERATOR_TOKEN, problems
 from tests.utils.figures import Figures
 from tests.utils.fuzz import fuzz_api
 from tests.utils.hostile import JSON, auth_cases, hostile_bodies, raw_post
-from tests.utils.pipeline import LocalStack, eventually
+from tests.utils.pipeline import LocalStack, common, eventually
 
 pytestmark = pytest.mark.slow
 

@@ -18,10 +18,10 @@ import httpx
 import pytest
 from safetensors.torch import load_file, save_file
 
-from tests.reliability.pipeline.helpers import AUTH, common, greedy
+from tests.reliability.pipeline.helpers import AUTH, greedy
 from tests.utils.figures import Figures
 from tests.utils.models import make_tiny_model
-from tests.utils.pipeline import LocalStack
+from tests.utils.pipeline import LocalStack, common
 
 pytestmark = pytest.mark.slow
 

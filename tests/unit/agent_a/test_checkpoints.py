@@ -52,6 +52,14 @@ class TestResolve:
         with pytest.raises(CheckpointRejectedError, match="no directory"):
             resolve_checkpoint("step_9", tmp_path)
 
+    @pytest.mark.parametrize(
+        ("raw", "reason"),
+        [("step_1\0/../../etc", "NUL byte"), ("a" * 4000, "too long"), ("l/" * 3000, "too long")],
+    )
+    def test_paths_the_os_refuses_are_rejected(self, tmp_path: Path, raw: str, reason: str) -> None:
+        with pytest.raises(CheckpointRejectedError, match=reason):
+            resolve_checkpoint(raw, tmp_path)
+
 
 class TestLayout:
     def test_index_names_the_files(self, tmp_path: Path) -> None:
