@@ -10,9 +10,10 @@ sample the queue refuses (full, or Redis gone) after verification is still retur
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
@@ -69,6 +70,9 @@ class Generator:
         self.verifier = verifier
         self.queue = queue
         self.settings = settings
+        self._reserved = 0
+        """Samples of requests in progress, not yet in the stream: counted against the bound
+        so that concurrent requests cannot all pass the check and then find the queue full."""
 
     async def admit(self, request: GenerateRequest) -> None:
         """Refuse, before any work, what is over a limit or cannot be queued now."""
@@ -87,20 +91,35 @@ class Generator:
             raise InvalidRequestError(
                 f"{planned} samples can never fit the queue bound of {self.queue.max_backlog}"
             )
+        await self._check_room(planned)
+
+    async def _check_room(self, planned: int) -> None:
         try:
             backlog = await self.queue.client.xlen(self.queue.stream)
         except RedisError as exc:
             raise DependencyUnavailableError(f"Redis (the sample queue) failed: {exc}") from exc
-        if backlog + planned > self.queue.max_backlog:
+        if backlog + self._reserved + planned > self.queue.max_backlog:
             raise QueueBusyError(
-                f"the sample queue holds {backlog} of at most {self.queue.max_backlog} samples, "
-                f"no room for {planned} more: the trainer is behind, retry later",
+                f"the sample queue holds {backlog} of at most {self.queue.max_backlog} samples "
+                f"and {self._reserved} more are being generated: no room for {planned} more, "
+                "the trainer is behind, retry later",
                 self.settings.retry_after_s,
             )
 
+    @contextlib.asynccontextmanager
+    async def _room(self, planned: int) -> AsyncIterator[None]:
+        """Hold room in the queue for a request's samples while they are generated."""
+        await self._check_room(planned)
+        self._reserved += planned  # no await since the check: no other request slips in
+        try:
+            yield
+        finally:
+            self._reserved -= planned
+
     async def generate(self, request: GenerateRequest) -> GenerateResponse:
         started = time.perf_counter()
-        results = await _all_or_none([self._solve(p, request) for p in request.problems])
+        async with self._room(len(request.problems) * request.n):
+            results = await _all_or_none([self._solve(p, request) for p in request.problems])
         solutions = [s for r in results for s in r.solutions]
         logger.info(
             "%d problems -> %d samples (v%s): %d correct, mean score %.2f, %d queued, %.1fs",

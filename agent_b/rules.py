@@ -57,8 +57,8 @@ def _strip_delimiters(text: str) -> str:
 
 
 def _answer_in_phrase(rest: str) -> str | None:
-    """The answer after 'Answer:' or '####': a number when it starts with one, else the
-    expression up to the end of the sentence ('x = 5', '\\frac{1}{2}')."""
+    """The answer after 'Answer:' or '####': what follows the sentence's last '=' ('x = 5'
+    answers 5), a number when it starts with one, else that expression ('\\frac{1}{2}')."""
     boxed = _last_boxed(rest)
     if boxed is not None:
         return boxed

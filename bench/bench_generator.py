@@ -11,7 +11,6 @@ Engine, verifier and generator are real `gvloop` processes, wired as `gvloop up`
 from __future__ import annotations
 
 import asyncio
-import socket
 import statistics
 import tempfile
 import time
@@ -82,12 +81,6 @@ async def measure(
     return raws, pipes
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def main(
     model: Annotated[str, typer.Option(help="`default`, or a model directory.")] = "default",
     problems: Annotated[int, typer.Option(help="Problems per batch.")] = 32,
@@ -100,7 +93,7 @@ def main(
     model_dir = resolve_model(model, common.data_dir)
     batch = load_problems(BUILTIN_TRAIN, limit=problems)
     sampling = SamplingParams(temperature=0.8, max_tokens=max_tokens, seed=0)
-    ports = StackPorts(engine=free_port(), generator=free_port(), verifier=free_port())
+    ports = StackPorts.free()
     env = {"GVLOOP_ENGINE_KV_CACHE_GIB": str(kv_cache_gib), "GVLOOP_MAX_BACKLOG": "100000"}
     with tempfile.TemporaryDirectory(prefix="bench-generator-") as tmp:
         data_dir = Path(tmp)

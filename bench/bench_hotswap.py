@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import statistics
 import tempfile
 import time
@@ -76,12 +75,6 @@ def restart(launcher: Launcher, engine: Component, checkpoint: Path, engine_url:
     return time.perf_counter() - started
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def main(
     model: Annotated[str, typer.Option(help="`default`, or a model directory.")] = "default",
     swaps: Annotated[int, typer.Option(help="Timed hot swaps (after one warm-up).")] = 5,
@@ -96,8 +89,7 @@ def main(
         for i in range(2):  # two hard-linked copies, alternated: each swap loads a new directory
             checkpoints.append(root / f"step_{i}")
             shutil.copytree(model_dir, checkpoints[-1], copy_function=os.link)
-        engine_port, generator_port = free_port(), free_port()
-        ports = StackPorts(engine=engine_port, generator=generator_port)
+        ports = StackPorts.free()
         env = {"GVLOOP_CHECKPOINT_DIR": str(root), "GVLOOP_ENGINE_KV_CACHE_GIB": str(kv_cache_gib)}
         with EmbeddedRedis(data_dir / "redis") as redis:
             components = {
@@ -106,7 +98,7 @@ def main(
                     str(model_dir), redis.url, data_dir, ports, env, trainer=False
                 )
             }
-            engine_url = f"http://127.0.0.1:{engine_port}"
+            engine_url = f"http://127.0.0.1:{ports.engine}"
             with Launcher(data_dir / "logs", echo=False) as engines:
                 engines.start(components["engine"])
                 engines.wait_ready()
@@ -115,7 +107,7 @@ def main(
                     generator.wait_ready()
                     plan = [checkpoints[i % 2] for i in range(swaps + 1)]
                     measured = asyncio.run(
-                        hot_swaps(f"http://127.0.0.1:{generator_port}", engine_url, plan)
+                        hot_swaps(f"http://127.0.0.1:{ports.generator}", engine_url, plan)
                     )[1:]  # the first one warms up
                 restarted = restart(engines, components["engine"], checkpoints[0], engine_url)
 

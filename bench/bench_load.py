@@ -15,7 +15,6 @@ is counted, then the client waits its Retry-After (at most 1 s) as a polite clie
 from __future__ import annotations
 
 import asyncio
-import socket
 import statistics
 import tempfile
 import time
@@ -52,16 +51,6 @@ class Phase:
     @property
     def rate(self) -> float:
         return self.samples / self.seconds if self.seconds else 0.0
-
-
-def free_stack_ports() -> StackPorts:
-    sockets = [socket.create_server(("127.0.0.1", 0)) for _ in StackPorts.model_fields]
-    ports = {
-        name: s.getsockname()[1] for name, s in zip(StackPorts.model_fields, sockets, strict=True)
-    }
-    for s in sockets:
-        s.close()
-    return StackPorts(**ports)
 
 
 async def client(
@@ -196,7 +185,7 @@ def main(
         for p in load_problems(BUILTIN_TRAIN, limit=64)
     ]
     data_dir = Path(tempfile.mkdtemp(prefix="gvloop-bench-load-"))
-    ports = free_stack_ports()
+    ports = StackPorts.free()
     env = {
         "GVLOOP_MAX_BACKLOG": str(backlog),
         "GVLOOP_TRAINER_BATCH_SIZE": "8",

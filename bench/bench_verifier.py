@@ -9,7 +9,6 @@ driven over HTTP by `--concurrency` clients.
 from __future__ import annotations
 
 import asyncio
-import socket
 import statistics
 import sys
 import tempfile
@@ -22,7 +21,7 @@ import httpx
 import typer
 
 from services.clients import VerifierClient
-from services.launcher import Component, Launcher
+from services.launcher import Component, Launcher, free_ports
 from services.models import resolve_model
 from services.problems import BUILTIN_TRAIN, load_problems
 from services.schemas import VerifyRequest
@@ -70,12 +69,6 @@ def workload(count: int, with_reference: bool, method: str) -> list[VerifyReques
     return requests
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def judge_counters(metrics: str) -> tuple[float, float]:
     """(forward passes, prompts) so far, from the Prometheus text."""
     values = dict(
@@ -113,7 +106,7 @@ def measure(
 ) -> list[Result]:
     results = []
     for mode, env in MODES.items():
-        port = free_port()
+        port = free_ports(1)[0]
         url = f"http://127.0.0.1:{port}"
         command = [sys.executable, "-m", "services", "agent-b", "serve"]
         command += ["--model", model_dir, "--port", str(port)]

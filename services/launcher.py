@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +19,15 @@ from pathlib import Path
 import httpx
 
 logger = logging.getLogger(__name__)
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports free on 127.0.0.1 right now (bound together, so they differ)."""
+    sockets = [socket.create_server(("127.0.0.1", 0)) for _ in range(count)]
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
 
 
 class ComponentDiedError(RuntimeError):
@@ -40,6 +50,8 @@ class Component:
     health_url: str | None = None
     """Polled until it answers 200; None: ready once started."""
     ready_timeout_s: float = 600.0
+    stop_timeout_s: float = 20.0
+    """Grace between SIGTERM and SIGKILL."""
 
 
 @dataclass
@@ -105,17 +117,19 @@ class Launcher:
         except KeyboardInterrupt:
             logger.info("Ctrl-C: stopping every component")
 
-    def stop_all(self, timeout_s: float = 20.0) -> None:
-        """SIGTERM every process group (last started first), SIGKILL what outlives timeout_s."""
+    def stop_all(self) -> None:
+        """SIGTERM every process group (last started first), SIGKILL what outlives its
+        component's stop_timeout_s."""
         for run in reversed(self.running):
             _signal_group(run.process, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
+        started = time.monotonic()
         for run in reversed(self.running):
+            grace = run.component.stop_timeout_s
             try:
-                run.process.wait(max(0.1, deadline - time.monotonic()))
+                run.process.wait(max(0.1, started + grace - time.monotonic()))
             except subprocess.TimeoutExpired:
                 logger.warning(
-                    "%s ignored SIGTERM for %.0fs: killing it", run.component.name, timeout_s
+                    "%s ignored SIGTERM for %.0fs: killing it", run.component.name, grace
                 )
                 _signal_group(run.process, signal.SIGKILL)
                 run.process.wait()

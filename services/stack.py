@@ -14,7 +14,7 @@ from typing import TypeVar
 from pydantic import BaseModel
 
 from services.demo import Demo, DemoConfig, EvalPoint
-from services.launcher import Component, ComponentDiedError, Launcher
+from services.launcher import Component, ComponentDiedError, Launcher, free_ports
 from services.models import DEFAULT_MODEL, prepare_default_model
 from services.redis_server import ensure_redis
 from services.settings import CommonSettings
@@ -30,6 +30,11 @@ class StackPorts(BaseModel):
     generator: int = 8001
     verifier: int = 8002
     trainer_metrics: int = 8003
+
+    @classmethod
+    def free(cls) -> StackPorts:
+        """Ports free right now, for a stack beside others (tests, benchmarks)."""
+        return cls(**dict(zip(cls.model_fields, free_ports(len(cls.model_fields)), strict=True)))
 
 
 class Tokens(BaseModel):
@@ -109,6 +114,8 @@ def local_components(
                     "GVLOOP_TRAINER_METRICS_PORT": str(ports.trainer_metrics),
                 },
                 health_url=f"{local}:{ports.trainer_metrics}/metrics",
+                # on SIGTERM it finishes its step and checkpoints it: nothing to redo later
+                stop_timeout_s=180,
             )
         )
     return components

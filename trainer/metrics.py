@@ -38,7 +38,7 @@ class StepStats:
 
 
 def step_line(s: StepStats) -> str:
-    """`step 42 | 1.9s | loss 1.234 (ce 1.100 reward 0.200 penalty 0.330) | ...`"""
+    """`step 42 | 1.9s | loss 1.2340 (ce 1.1000 reward 0.2000 penalty 0.3300) | ...`"""
     return (
         f"step {s.step} | {s.seconds:.1f}s | loss {s.loss:.4f} (ce {s.ce:.4f} "
         f"reward {s.reward:.4f} penalty {s.penalty:.4f}) | feedback {s.feedback:.3f} | "

@@ -8,7 +8,6 @@ import inspect
 import json
 import os
 import signal
-import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -24,24 +23,6 @@ from services.stack import StackPorts, local_components
 from trainer import ckpt
 
 LOCAL = "http://127.0.0.1"
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports free on 127.0.0.1 right now (bound together, so they differ)."""
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
-def free_stack_ports() -> StackPorts:
-    engine, generator, verifier, metrics = free_ports(4)
-    return StackPorts(
-        engine=engine, generator=generator, verifier=verifier, trainer_metrics=metrics
-    )
 
 
 class LocalStack:
@@ -169,7 +150,7 @@ def local_stack(
     model_dir: Path, data_dir: Path, env: dict[str, str], start: tuple[str, ...]
 ) -> Iterator[LocalStack]:
     """A private Redis and the pipeline's components (those named in `start` started)."""
-    ports = free_stack_ports()
+    ports = StackPorts.free()
     with EmbeddedRedis(data_dir / "redis") as redis:
         components = local_components(str(model_dir), redis.url, data_dir, ports, env)
         stack = LocalStack(components, data_dir, redis, ports)

@@ -12,7 +12,7 @@ import httpx
 import uvicorn
 from starlette.types import ASGIApp
 
-from tests.utils.pipeline import free_ports
+from services.launcher import free_ports
 
 
 @contextmanager

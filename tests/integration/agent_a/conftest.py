@@ -21,11 +21,10 @@ from agent_a.engine import engine_component
 from agent_a.service import GeneratorService
 from agent_a.settings import EngineSettings, GeneratorSettings
 from services.clients import GeneratorClient
-from services.launcher import Component, Launcher
+from services.launcher import Component, Launcher, free_ports
 from services.redis_server import EmbeddedRedis
 from services.settings import CommonSettings
 from tests.utils.models import make_tiny_model
-from tests.utils.pipeline import free_ports
 
 MAX_BACKLOG = 200
 

@@ -13,6 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 from transformers import AutoTokenizer
 
+from services.launcher import free_ports
 from services.queue import PAYLOAD
 from services.redis_server import EmbeddedRedis
 from services.schemas import (
@@ -31,7 +32,6 @@ from tests.integration.agent_a.conftest import (
     running_generator,
 )
 from tests.integration.agent_a.helpers import stream_samples, wait_engine_running
-from tests.utils.pipeline import free_ports
 from tests.utils.samples import make_sample
 
 pytestmark = pytest.mark.slow
@@ -192,6 +192,26 @@ async def test_full_queue_answers_429_before_generating(
         assert await redis_client.xlen(stream) == MAX_BACKLOG
     finally:
         await redis_client.xdel(stream, *filler)
+
+
+async def test_concurrent_requests_cannot_overfill_the_queue(
+    generator: RunningGenerator, http: httpx.AsyncClient, redis_client: aioredis.Redis
+) -> None:
+    # Room for two requests of 2 samples and four ask at once: each passes a check of the
+    # stream alone, so the samples being generated must count too, or two requests would be
+    # generated and verified only for the queue to refuse their samples.
+    stream = generator.common.stream
+    filler = await fill_queue(redis_client, stream)
+    await redis_client.xdel(stream, *filler[:4])
+    try:
+        body = problems(1, n=2, sampling={"max_tokens": 8})
+        responses = await asyncio.gather(*(http.post("/problems", json=body) for _ in range(4)))
+        assert sorted(r.status_code for r in responses) == [200, 200, 429, 429]
+        served = [r.json()["data"][0]["solutions"] for r in responses if r.status_code == 200]
+        assert [s["queued"] for solutions in served for s in solutions] == [True] * 4
+        assert await redis_client.xlen(stream) == MAX_BACKLOG
+    finally:
+        await redis_client.xdel(stream, *filler[4:])
 
 
 async def test_queue_filling_up_during_generation_returns_samples_unqueued(

@@ -3,7 +3,6 @@ bearer token, reached over real HTTP."""
 
 from __future__ import annotations
 
-import socket
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from services.launcher import Component, Launcher
+from services.launcher import Component, Launcher, free_ports
 
 TOKEN = "test-token"
 
@@ -22,17 +21,11 @@ class Server:
     token: str
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def verifier_server(
     tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
-    url = f"http://127.0.0.1:{(port := free_port())}"
+    url = f"http://127.0.0.1:{(port := free_ports(1)[0])}"
     command = [sys.executable, "-m", "services", "agent-b", "serve"]
     command += ["--model", str(tiny_model_dir), "--port", str(port)]
     env = {

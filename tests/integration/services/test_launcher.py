@@ -3,20 +3,19 @@ every process group stopped."""
 
 from __future__ import annotations
 
-import socket
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from services.launcher import Component, ComponentDiedError, ComponentNotReadyError, Launcher
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from services.launcher import (
+    Component,
+    ComponentDiedError,
+    ComponentNotReadyError,
+    Launcher,
+    free_ports,
+)
 
 
 def http_server(port: int) -> list[str]:
@@ -26,7 +25,7 @@ def http_server(port: int) -> list[str]:
 def test_waits_for_health_and_logs_with_prefix(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    port = free_port()
+    port = free_ports(1)[0]
     with Launcher(tmp_path) as launcher:
         launcher.start(Component("web", http_server(port), health_url=f"http://127.0.0.1:{port}/"))
         launcher.start(
@@ -45,7 +44,7 @@ def test_a_dead_component_is_named_with_its_last_lines(tmp_path: Path) -> None:
             Component(
                 "crasher",
                 [sys.executable, "-c", "print('bad config'); exit(3)"],
-                health_url=f"http://127.0.0.1:{free_port()}/",
+                health_url=f"http://127.0.0.1:{free_ports(1)[0]}/",
             )
         )
         with pytest.raises(
@@ -60,7 +59,7 @@ def test_health_timeout_says_where_to_look(tmp_path: Path) -> None:
             Component(
                 "silent",
                 [sys.executable, "-c", "import time; time.sleep(60)"],
-                health_url=f"http://127.0.0.1:{free_port()}/",
+                health_url=f"http://127.0.0.1:{free_ports(1)[0]}/",
                 ready_timeout_s=2,
             )
         )
@@ -76,13 +75,13 @@ def test_stop_all_stops_grandchildren(tmp_path: Path) -> None:
         f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(120)"
     )
     launcher = Launcher(tmp_path, echo=False)
-    launcher.start(Component("parent", [sys.executable, "-c", script]))
+    launcher.start(Component("parent", [sys.executable, "-c", script], stop_timeout_s=5))
     deadline = time.monotonic() + 20
     while not pid_file.exists() or not pid_file.read_text():
         assert time.monotonic() < deadline
         time.sleep(0.1)
     grandchild = int(pid_file.read_text())
-    launcher.stop_all(timeout_s=5)
+    launcher.stop_all()
     time.sleep(0.2)
     assert not alive(grandchild)
 

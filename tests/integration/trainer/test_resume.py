@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from services.launcher import free_ports
 from services.queue import SampleQueue
-from tests.utils.pipeline import free_ports
 from tests.utils.samples import make_sample
 from trainer import ckpt
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from services.clients import GeneratorClient, RetryPolicy
+from services.launcher import free_ports
 from services.schemas import SwapRequest
 from tests.integration.trainer.stub import swap_recorder, wait_until
-from tests.utils.pipeline import free_ports
 from tests.utils.serve import serve_app
 from trainer.metrics import TrainerMetrics
 from trainer.swap import SwapPublisher

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import httpx
 
+from services.launcher import free_ports
 from services.queue import SampleQueue
 from services.schemas import SwapRequest
 from services.settings import CommonSettings
 from tests.integration.trainer.stub import swap_recorder, wait_until
-from tests.utils.pipeline import free_ports
 from tests.utils.samples import make_sample
 from tests.utils.serve import serve_app
 from trainer import ckpt
