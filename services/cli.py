@@ -79,7 +79,16 @@ def up(
     started = time.monotonic()
     common = CommonSettings()
     config = DemoConfig(swaps=swaps, time_budget_s=time_budget, heldout_size=heldout)
-    curve = run_stack(common, model or common.model, StackPorts(), config if demo else None)
+    env = {}
+    if demo and "max_backlog" not in common.model_fields_set:
+        from trainer.settings import TrainerSettings
+
+        # Generating far ahead of the trainer only makes stale samples, on the CPU the trainer
+        # needs: two batches of backlog keep it busy, and the feeders get 429s beyond that.
+        env["GVLOOP_MAX_BACKLOG"] = str(2 * TrainerSettings().batch_size)
+    curve = run_stack(
+        common, model or common.model, StackPorts(), config if demo else None, env=env
+    )
     if curve is not None:
         typer.echo("\nHeld-out accuracy of agent A, before training and after each hot swap:")
         typer.echo(curve_table(curve))

@@ -4,6 +4,7 @@ synchronous (the worker runs it in a thread so that swaps and queue I/O go on me
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -62,14 +63,20 @@ def train_step(
     cfg: TrainerSettings,
     device: torch.device,
     amp_dtype: torch.dtype | None,
-) -> StepResult:
-    """Forward and backward over micro-batches (gradients accumulate), clip, AdamW step."""
+    should_stop: Callable[[], bool] = lambda: False,
+) -> StepResult | None:
+    """Forward and backward over micro-batches (gradients accumulate), clip, AdamW step.
+    None, with the weights untouched, when `should_stop` says so between micro-batches: a
+    CPU step can take minutes, and its samples stay pending for the next run anyway."""
     model.train()
     for group in optimizer.param_groups:
         group["lr"] = lr
     n_samples = batch.input_ids.shape[0]
     sums = torch.zeros(3, device=device)  # ce, reward, penalty summed over samples
     for micro in batch.split(cfg.micro_batch_size):
+        if should_stop():
+            optimizer.zero_grad(set_to_none=True)
+            return None
         micro = micro.to(device)
         amp = torch.autocast(device.type, amp_dtype) if amp_dtype else nullcontext()
         with amp:

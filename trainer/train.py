@@ -162,8 +162,13 @@ class Worker:
                 lr = get_lr(self.step + 1, cfg)
                 out = await asyncio.to_thread(
                     train_step, self.model, self.optimizer, batch, lr, cfg, self.device,
-                    self.amp_dtype,
+                    self.amp_dtype, self.stopping.is_set,
                 )  # fmt: skip
+                if out is None:
+                    logger.info(
+                        "stopping: step %d abandoned, its samples stay pending", self.step + 1
+                    )
+                    break
                 seconds = time.perf_counter() - t0
                 self.step += 1
                 self.intake.trained([d.id for d in deliveries])
@@ -243,5 +248,5 @@ async def run(cfg: TrainerSettings, common: CommonSettings) -> None:
 
 
 def _stop_on_signal(worker: Worker, sig: signal.Signals) -> None:
-    logger.info("%s: finishing the current step, then stopping", sig.name)
+    logger.info("%s: stopping after the current micro-batch", sig.name)
     worker.stopping.set()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -50,13 +51,24 @@ def reference_greedy(model_dir: Path, prompt_ids: list[int], max_new_tokens: int
     return out[0, len(prompt_ids) :].tolist()
 
 
-async def wait_engine_running(engine_url: str, count: int, timeout_s: float = 120) -> None:
-    """Until vLLM reports `count` requests running (its Prometheus gauge)."""
+async def wait_engine_running(
+    engine_url: str,
+    count: int,
+    requests: Sequence[asyncio.Task[object]] = (),
+    timeout_s: float = 120,
+) -> None:
+    """Until vLLM reports `count` requests running (its Prometheus gauge); fails at once, with
+    its outcome, if one of the `requests` that should be running ended."""
     gauge = re.compile(r"^vllm:num_requests_running\{[^}]*\} ([0-9.]+)$", re.MULTILINE)
+    running = 0.0
     async with httpx.AsyncClient(base_url=engine_url, timeout=10) as http:
         for _ in range(int(timeout_s * 10)):
             running = sum(float(v) for v in gauge.findall((await http.get("/metrics")).text))
             if running >= count:
                 return
+            ended = [t for t in requests if t.done()]
+            if ended:
+                outcome = ended[0].exception() or ended[0].result()
+                raise AssertionError(f"a request ended before {count} were running: {outcome!r}")
             await asyncio.sleep(0.1)
-    raise AssertionError(f"the engine never had {count} requests running")
+    raise AssertionError(f"the engine never had {count} requests running (last seen: {running})")

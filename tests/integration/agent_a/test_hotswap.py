@@ -62,7 +62,7 @@ async def test_swap_under_load_changes_output_and_version(
             for i in range(IN_FLIGHT)
         ]
         in_flight = [asyncio.create_task(client.generate(r)) for r in long_requests]
-        await wait_engine_running(backends.engine_url, IN_FLIGHT)
+        await wait_engine_running(backends.engine_url, IN_FLIGHT, in_flight)
         checkpoint = backends.checkpoint_root / "step_1"
         swap = await client.swap(SwapRequest(checkpoint_dir=str(checkpoint), version=1))
         assert not any(t.done() for t in in_flight), "the requests ended before the swap"

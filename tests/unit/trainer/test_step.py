@@ -106,3 +106,19 @@ def test_a_step_changes_the_weights_and_lowers_the_loss_on_the_same_batch() -> N
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert second.loss < first.loss
     assert first.grad_norm > 0
+
+
+def test_a_stop_request_abandons_the_step_and_leaves_the_weights() -> None:
+    batch = collate([make_sample(completion_token_ids=[9, 8, 7, 6])] * 2, 64, 0)
+    model = tiny_model()
+    before = copy.deepcopy(model.state_dict())
+    optimizer = torch.optim.AdamW(model.parameters())
+    cfg = settings(batch_size=2, micro_batch_size=1)
+    asked = iter([False, True])  # stop between the two micro-batches
+    result = train_step(
+        model, optimizer, batch, 1e-2, cfg, torch.device("cpu"), None, lambda: next(asked)
+    )
+    assert result is None
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    assert not optimizer.state
