@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
@@ -93,7 +94,7 @@ def verify(
     from services.schemas import VerifyRequest
 
     settings = _settings(judge_model=model)
-    setup_logging("WARNING")
+    setup_logging("WARNING", sys.stderr)  # stdout is the JSON answer
     try:
         request = VerifyRequest(
             problem=problem, solution=solution, reference_answer=reference, method=method

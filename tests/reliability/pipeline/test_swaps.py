@@ -112,11 +112,12 @@ async def test_engine_killed_mid_swap_then_next_swap_works(
     pipeline: LocalStack, swaps: Swaps, figures: Figures
 ) -> None:
     version = await swaps.served()
-    pauses = pipeline.log("engine").count("POST /pause")
+    paused = "setting pause state to PAUSED"  # vLLM's scheduler, on each pause
+    pauses = pipeline.log("engine").count(paused)
     swap = asyncio.create_task(swaps.swap(swaps.root / "rel-good-3", version + 1))
     # Kill it as soon as the engine logs the swap's pause: reload, version, resume are to come.
     deadline = time.monotonic() + 60
-    while pipeline.log("engine").count("POST /pause") == pauses:
+    while pipeline.log("engine").count(paused) == pauses:
         assert time.monotonic() < deadline and not swap.done(), "the swap never paused"
         await asyncio.sleep(0.005)
     pipeline.kill("engine")
