@@ -1,12 +1,13 @@
 """Sample intake: batches read from the stream's consumer group, samples that must not be trained
 on set aside, and the ledger of stream ids that says what each checkpoint commits.
 
-Exactly-once: a sample's id is acknowledged only after a checkpoint that records it is on disk.
-Ids move `in hand -> uncommitted` (its step is taken, or it was skipped) `-> unacked` (a
-checkpoint holding it is on disk) `-> acknowledged`. A trainer that dies before the checkpoint
-gets the samples back (they were never acknowledged) and trains on them again; one that dies
-after it finds their ids in the checkpoint and acknowledges them without training. Redis errors
-never escape: each is one log line, a backoff, and another try.
+Exactly-once: a trained sample's id is acknowledged only after a checkpoint that records it is
+on disk. Ids move `in hand -> uncommitted` (its step is taken) `-> unacked` (a checkpoint
+holding it is on disk) `-> acknowledged`; a skipped sample goes straight to `unacked`. A
+trainer that dies before the checkpoint gets the samples back (they were never acknowledged)
+and trains on them again; one that dies after it finds their ids in the checkpoint and
+acknowledges them without training. Redis errors never escape: each is one log line, a backoff,
+and another try.
 """
 
 from __future__ import annotations
@@ -93,9 +94,13 @@ class Intake:
                 if reason is None:
                     batch.append(delivery)
                 else:
-                    self.uncommitted.append(delivery.id)
+                    # none of it reaches the weights, so no checkpoint needs to hold it
+                    self.unacked.append(delivery.id)
                     self.skipped += 1
                     self.metrics.record_skip(reason, delivery.id, detail)
+            # now, not after the next step: a backlog of stale samples would hold the queue at
+            # its bound, producers would get only 429s, and no fresh sample would ever come
+            await self.ack_committed()
             if batch and deadline is None:
                 deadline = time.monotonic() + self.max_wait_s
         return batch
