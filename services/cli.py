@@ -71,13 +71,17 @@ def up(
 ) -> None:
     """Run the whole pipeline locally (embedded Redis, vLLM, verifier, generator, trainer)."""
     import shutil
+    import signal
     import time
 
     from services.demo import DemoConfig, curve_table
+    from services.launcher import ComponentDiedError, ComponentNotReadyError
     from services.models import DEFAULT_MODEL, prepare_default_model
     from services.stack import StackPorts, run_stack
 
     setup_logging()
+    # SIGTERM (a service manager, `kill`) stops the children as Ctrl-C does, not orphans them
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     started = time.monotonic()
     common = CommonSettings()
     config = DemoConfig(swaps=swaps, time_budget_s=time_budget, heldout_size=heldout)
@@ -99,7 +103,11 @@ def up(
         # Generating far ahead of the trainer only makes stale samples, on the CPU the trainer
         # needs: two batches of backlog keep it busy, and the feeders get 429s beyond that.
         env["GVLOOP_MAX_BACKLOG"] = str(2 * TrainerSettings().batch_size)
-    curve = run_stack(common, model, StackPorts(), config if demo else None, env=env)
+    try:
+        curve = run_stack(common, model, StackPorts(), config if demo else None, env=env)
+    except (ComponentDiedError, ComponentNotReadyError) as exc:
+        typer.echo(f"gvloop up: {exc}", err=True)
+        raise typer.Exit(1) from None
     if curve is not None:
         typer.echo("\nHeld-out accuracy of agent A, before training and after each hot swap:")
         typer.echo(curve_table(curve))
