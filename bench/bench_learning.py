@@ -15,7 +15,7 @@ import typer
 from services.demo import DemoConfig, curve_table
 from services.logs import setup_logging
 from services.settings import CommonSettings
-from services.stack import StackPorts, run_stack
+from services.stack import StackPorts, demo_stack, run_stack
 
 
 def main(
@@ -32,10 +32,10 @@ def main(
         heldout_size=heldout,
         diversity_samples=diversity_samples,
     )
-    common = CommonSettings()
-    curve = run_stack(common, common.model, StackPorts(), config)
+    common, model, env = demo_stack(CommonSettings(), CommonSettings().model)
+    curve = run_stack(common, model, StackPorts(), config, env=env)
     assert curve is not None
-    print(f"\nmodel {common.model}, {config.model_dump_json()}")
+    print(f"\nmodel {model}, {config.model_dump_json()}, {env}")
     print(curve_table(curve))
     first, last = curve[0], curve[-1]
     print(

@@ -70,14 +70,12 @@ def up(
     heldout: Annotated[int, typer.Option(help="Demo: held-out problems.")] = 50,
 ) -> None:
     """Run the whole pipeline locally (embedded Redis, vLLM, verifier, generator, trainer)."""
-    import shutil
     import signal
     import time
 
     from services.demo import DemoConfig, curve_table
     from services.launcher import ComponentDiedError, ComponentNotReadyError
-    from services.models import DEFAULT_MODEL, prepare_default_model
-    from services.stack import StackPorts, run_stack
+    from services.stack import StackPorts, demo_stack, run_stack
 
     setup_logging()
     # SIGTERM (a service manager, `kill`) stops the children as Ctrl-C does, not orphans them
@@ -86,23 +84,9 @@ def up(
     common = CommonSettings()
     config = DemoConfig(swaps=swaps, time_budget_s=time_budget, heldout_size=heldout)
     model = model or common.model
-    env = {}
+    env: dict[str, str] = {}
     if demo:
-        # Each demo starts from the base model: a stream, checkpoints and logs of its own in
-        # <data_dir>/demo (emptied first), not those of a stack trained before, which the
-        # trainer would resume from. Prepared models stay where they are.
-        if model == DEFAULT_MODEL:
-            model = str(prepare_default_model(common.data_dir))
-        demo_dir = common.data_dir / "demo"
-        shutil.rmtree(demo_dir, ignore_errors=True)
-        common = common.model_copy(update={"data_dir": demo_dir, "checkpoint_dir": None})
-        env["GVLOOP_CHECKPOINT_DIR"] = str(common.checkpoint_root)
-    if demo and "max_backlog" not in common.model_fields_set:
-        from trainer.settings import TrainerSettings
-
-        # Generating far ahead of the trainer only makes stale samples, on the CPU the trainer
-        # needs: two batches of backlog keep it busy, and the feeders get 429s beyond that.
-        env["GVLOOP_MAX_BACKLOG"] = str(2 * TrainerSettings().batch_size)
+        common, model, env = demo_stack(common, model)
     try:
         curve = run_stack(common, model, StackPorts(), config if demo else None, env=env)
     except (ComponentDiedError, ComponentNotReadyError) as exc:

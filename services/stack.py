@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 from typing import TypeVar
@@ -131,6 +132,27 @@ async def _watch(launcher: Launcher, work: asyncio.Task[T]) -> T:
             raise
         await asyncio.wait({work}, timeout=1.0)
     return work.result()
+
+
+def demo_stack(common: CommonSettings, model: str) -> tuple[CommonSettings, str, dict[str, str]]:
+    """The settings, model path and environment a demo runs the stack with.
+
+    Each demo starts from the base model: a Redis, checkpoints and logs of its own in
+    <data_dir>/demo (emptied first), not those of a stack trained before, which the trainer
+    would resume from; prepared models stay where they are. And unless GVLOOP_MAX_BACKLOG is
+    set, the queue holds two trainer batches: generating further ahead of the trainer only
+    makes stale samples, on the CPU the trainer needs, so the feeders get 429s beyond that.
+    """
+    from trainer.settings import TrainerSettings
+
+    if model == DEFAULT_MODEL:
+        model = str(prepare_default_model(common.data_dir))
+    demo_dir = common.data_dir / "demo"
+    shutil.rmtree(demo_dir, ignore_errors=True)
+    env = {"GVLOOP_CHECKPOINT_DIR": str(demo_dir / "checkpoints")}
+    if "max_backlog" not in common.model_fields_set:
+        env["GVLOOP_MAX_BACKLOG"] = str(2 * TrainerSettings().batch_size)
+    return common.model_copy(update={"data_dir": demo_dir, "checkpoint_dir": None}), model, env
 
 
 def run_stack(
