@@ -32,7 +32,8 @@ def main(
         heldout_size=heldout,
         diversity_samples=diversity_samples,
     )
-    common, model, env = demo_stack(CommonSettings(), CommonSettings().model)
+    common = CommonSettings()
+    common, model, env = demo_stack(common, common.model)
     curve = run_stack(common, model, StackPorts(), config, env=env)
     assert curve is not None
     print(f"\nmodel {model}, {config.model_dump_json()}, {env}")

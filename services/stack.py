@@ -115,7 +115,7 @@ def local_components(
                     "GVLOOP_TRAINER_METRICS_PORT": str(ports.trainer_metrics),
                 },
                 health_url=f"{local}:{ports.trainer_metrics}/metrics",
-                # on SIGTERM it finishes its step and checkpoints it: nothing to redo later
+                # on SIGTERM it checkpoints the steps taken since its last checkpoint
                 stop_timeout_s=180,
             )
         )
