@@ -13,7 +13,7 @@ from agent_a.errors import AgentAError
 from agent_a.routes import public, router
 from agent_a.service import GeneratorService
 from agent_a.settings import GeneratorSettings
-from services.http import install_common
+from services.server import install_common
 from services.settings import CommonSettings
 
 

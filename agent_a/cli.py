@@ -46,9 +46,9 @@ def engine(
     take no API key."""
     import os
 
-    from agent_a.engine import PublicBindError, check_bind_host, engine_command
     from agent_a.settings import EngineSettings
-    from services.models import ModelNotPreparedError, resolve_model
+    from agent_a.vllm_command import PublicBindError, check_bind_host, engine_command
+    from services.model_files import ModelNotPreparedError, resolve_model
     from services.settings import CommonSettings
 
     setup_logging()

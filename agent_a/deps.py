@@ -6,7 +6,7 @@ from fastapi import Depends, Request
 
 from agent_a.service import GeneratorService
 from agent_a.settings import GeneratorSettings
-from services.http import BearerCredentials, check_bearer
+from services.server import BearerCredentials, check_bearer
 
 
 def get_settings(request: Request) -> GeneratorSettings:

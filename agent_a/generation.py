@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from redis.exceptions import RedisError
 
 from agent_a import metrics
-from agent_a.engines import EnginePool
+from agent_a.engine_pool import EnginePool
 from agent_a.errors import (
     DependencyFailedError,
     DependencyUnavailableError,

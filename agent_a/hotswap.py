@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent_a import metrics
-from agent_a.engines import Engine, EnginePool
+from agent_a.engine_pool import Engine, EnginePool
 from agent_a.errors import AgentAError, DependencyFailedError, DependencyUnavailableError
 from services.schemas import SwapResponse, SwapTimings
 

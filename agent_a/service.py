@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from redis.exceptions import RedisError
 
 from agent_a.checkpoints import Layout, check_checkpoint, read_layout, resolve_checkpoint
-from agent_a.engines import EnginePool
+from agent_a.engine_pool import EnginePool
 from agent_a.errors import AgentAError
 from agent_a.generation import Generator
 from agent_a.hotswap import HotSwapper, Weights

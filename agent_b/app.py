@@ -18,7 +18,7 @@ from agent_b.metrics import MetricsMiddleware, VerifierMetrics
 from agent_b.routes import router
 from agent_b.scoring import setup_verifier
 from agent_b.settings import VerifierSettings
-from services.http import install_common
+from services.server import install_common
 
 
 @asynccontextmanager

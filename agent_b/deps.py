@@ -7,7 +7,7 @@ from fastapi import Depends, Request
 from agent_b.metrics import VerifierMetrics
 from agent_b.scoring import Verifier
 from agent_b.settings import VerifierSettings
-from services.http import BearerCredentials, check_bearer
+from services.server import BearerCredentials, check_bearer
 
 
 def get_settings(request: Request) -> VerifierSettings:

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings
 
-from services.models import resolve_model
+from services.model_files import resolve_model
 from services.settings import CommonSettings, env_config
 
 

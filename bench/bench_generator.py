@@ -20,14 +20,14 @@ from typing import Annotated
 import httpx
 import typer
 
+from gvloop.launcher import Launcher
+from gvloop.problems import BUILTIN_TRAIN, load_problems
+from gvloop.stack import StackPorts, local_components
 from services.clients import GeneratorClient
-from services.launcher import Launcher
-from services.models import resolve_model
-from services.problems import BUILTIN_TRAIN, load_problems
+from services.model_files import resolve_model
 from services.redis_server import EmbeddedRedis
 from services.schemas import GenerateRequest, ProblemIn, SamplingParams
 from services.settings import CommonSettings
-from services.stack import StackPorts, local_components
 
 Rate = tuple[float, float]  # (problems/s, completion tokens/s)
 

@@ -23,13 +23,13 @@ from typing import Annotated
 import httpx
 import typer
 
+from gvloop.launcher import Component, Launcher
+from gvloop.stack import StackPorts, local_components
 from services.clients import GeneratorClient
-from services.launcher import Component, Launcher
-from services.models import resolve_model
+from services.model_files import resolve_model
 from services.redis_server import EmbeddedRedis
 from services.schemas import SwapRequest
 from services.settings import CommonSettings
-from services.stack import StackPorts, local_components
 
 
 @dataclass

@@ -12,10 +12,10 @@ from typing import Annotated
 
 import typer
 
-from services.demo import DemoConfig, curve_table
+from gvloop.demo import DemoConfig, curve_table
+from gvloop.stack import StackPorts, demo_stack, run_stack
 from services.logs import setup_logging
 from services.settings import CommonSettings
-from services.stack import StackPorts, demo_stack, run_stack
 
 
 def main(

@@ -26,13 +26,13 @@ from typing import Annotated
 import httpx
 import typer
 
-from services.launcher import Component, Launcher
+from gvloop.launcher import Component, Launcher
+from gvloop.problems import BUILTIN_TRAIN, load_problems
+from gvloop.stack import StackPorts, local_components
 from services.logs import setup_logging
-from services.models import DEFAULT_MODEL, prepare_default_model
-from services.problems import BUILTIN_TRAIN, load_problems
+from services.model_files import DEFAULT_MODEL, prepare_default_model
 from services.redis_server import EmbeddedRedis, connect
 from services.settings import CommonSettings
-from services.stack import StackPorts, local_components
 
 
 @dataclass

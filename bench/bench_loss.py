@@ -84,7 +84,7 @@ def best(runs: list[dict]) -> dict:
 
 
 def default_model_ready() -> bool:
-    from services.models import ModelNotPreparedError, resolve_model
+    from services.model_files import ModelNotPreparedError, resolve_model
     from services.settings import CommonSettings
 
     try:
@@ -157,7 +157,7 @@ def load_model(name: str):
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-    from services.models import resolve_model
+    from services.model_files import resolve_model
     from services.settings import CommonSettings
 
     if name == "tiny":  # the tests' tiny model: SmolLM2's vocabulary, 2 small layers

@@ -20,10 +20,10 @@ from typing import Annotated
 import httpx
 import typer
 
+from gvloop.launcher import Component, Launcher, free_ports
+from gvloop.problems import BUILTIN_TRAIN, load_problems
 from services.clients import VerifierClient
-from services.launcher import Component, Launcher, free_ports
-from services.models import resolve_model
-from services.problems import BUILTIN_TRAIN, load_problems
+from services.model_files import resolve_model
 from services.schemas import VerifyRequest
 from services.settings import CommonSettings
 
@@ -108,7 +108,7 @@ def measure(
     for mode, env in MODES.items():
         port = free_ports(1)[0]
         url = f"http://127.0.0.1:{port}"
-        command = [sys.executable, "-m", "services", "agent-b", "serve"]
+        command = [sys.executable, "-m", "gvloop", "agent-b", "serve"]
         command += ["--model", model_dir, "--port", str(port)]
         with Launcher(logs, echo=False) as launcher:
             env = {**env, "HF_HUB_OFFLINE": "1", "GVLOOP_VERIFIER_JUDGE_REASONING": "true"}
@@ -162,7 +162,7 @@ def main(
             if name == "tiny":
                 # The tests' tiny model; the repository root is not on the path of a script.
                 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-                from tests.utils.models import make_tiny_model
+                from gvloop.tiny_model import make_tiny_model
 
                 model_dir = str(make_tiny_model(Path(tmp) / "tiny"))
             else:

@@ -34,6 +34,6 @@ def stream_name() -> str:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Llama (head_dim 64) with the default model's tokenizer and chat template."""
-    from tests.utils.models import make_tiny_model
+    from gvloop.tiny_model import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-seed0", seed=0)

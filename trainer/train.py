@@ -24,7 +24,7 @@ from transformers import (
 )
 
 from services.clients import GeneratorClient, RetryPolicy
-from services.models import resolve_model
+from services.model_files import resolve_model
 from services.queue import open_queue
 from services.redis_server import EmbeddedRedis, ensure_redis
 from services.settings import CommonSettings

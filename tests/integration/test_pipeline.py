@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from gvloop.problems import BUILTIN_TRAIN, load_problems
 from services.clients import GeneratorClient
-from services.problems import BUILTIN_TRAIN, load_problems
 from services.schemas import GenerateRequest, SamplingParams
 from tests.utils.pipeline import LocalStack, eventually, local_stack, stream_samples
 

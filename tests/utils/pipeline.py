@@ -1,4 +1,4 @@
-"""The pipeline as local processes for fault tests: the components `services.stack` wires, each
+"""The pipeline as local processes for fault tests: the components `gvloop.stack` wires, each
 under its own Launcher, so a test can kill, stop or restart one while the others run."""
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from services.launcher import Component, Launcher
+from gvloop.launcher import Component, Launcher
+from gvloop.stack import StackPorts, local_components
 from services.queue import PAYLOAD
 from services.redis_server import EmbeddedRedis, connect
 from services.schemas import Sample
 from services.settings import CommonSettings
-from services.stack import StackPorts, local_components
 from trainer import ckpt
 
 LOCAL = "http://127.0.0.1"

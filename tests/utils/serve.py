@@ -12,7 +12,7 @@ import httpx
 import uvicorn
 from starlette.types import ASGIApp
 
-from services.launcher import free_ports
+from gvloop.launcher import free_ports
 
 
 @contextmanager

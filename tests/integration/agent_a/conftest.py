@@ -17,14 +17,14 @@ import uvicorn
 from fastapi import FastAPI
 
 from agent_a.app import create_app
-from agent_a.engine import engine_component
 from agent_a.service import GeneratorService
 from agent_a.settings import EngineSettings, GeneratorSettings
+from gvloop.launcher import Component, Launcher, free_ports
+from gvloop.stack import engine_component
+from gvloop.tiny_model import make_tiny_model
 from services.clients import GeneratorClient
-from services.launcher import Component, Launcher, free_ports
 from services.redis_server import EmbeddedRedis
 from services.settings import CommonSettings
-from tests.utils.models import make_tiny_model
 
 MAX_BACKLOG = 200
 
@@ -58,7 +58,7 @@ def backends(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     engine = EngineSettings(
         port=engine_port, dtype="float32", max_model_len=2048, kv_cache_gib=1, enforce_eager=True
     )
-    serve_verifier = [sys.executable, "-m", "services", "agent-b", "serve"]
+    serve_verifier = [sys.executable, "-m", "gvloop", "agent-b", "serve"]
     verifier = Component(
         "verifier",
         [*serve_verifier, "--model", str(tiny_model_dir), "--port", str(verifier_port)],

@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 from transformers import AutoTokenizer
 
-from services.launcher import free_ports
+from gvloop.launcher import free_ports
 from services.queue import PAYLOAD
 from services.redis_server import EmbeddedRedis
 from services.schemas import (

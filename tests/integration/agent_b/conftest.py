@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from services.launcher import Component, Launcher, free_ports
+from gvloop.launcher import Component, Launcher, free_ports
 
 TOKEN = "test-token"
 
@@ -26,7 +26,7 @@ def verifier_server(
     tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
     url = f"http://127.0.0.1:{(port := free_ports(1)[0])}"
-    command = [sys.executable, "-m", "services", "agent-b", "serve"]
+    command = [sys.executable, "-m", "gvloop", "agent-b", "serve"]
     command += ["--model", str(tiny_model_dir), "--port", str(port)]
     env = {
         "GVLOOP_VERIFIER_API_TOKEN": TOKEN,

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from agent_b.app import create_app
 from agent_b.settings import VerifierSettings
-from services.cli import app as gvloop
+from gvloop.cli import app as gvloop
 from tests.integration.agent_b.conftest import Server
 
 RULE = {"problem": "1+1?", "solution": "1 + 1 = 2. Answer: 2", "reference_answer": "2"}

@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 from fastapi import FastAPI, HTTPException
 
-from services.http import BearerCredentials, check_bearer
 from services.schemas import SwapRequest, SwapResponse, SwapTimings
+from services.server import BearerCredentials, check_bearer
 
 
 def swap_recorder(

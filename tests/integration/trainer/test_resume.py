@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from services.launcher import free_ports
+from gvloop.launcher import free_ports
 from services.queue import SampleQueue
 from tests.utils.samples import make_sample
 from trainer import ckpt
@@ -35,7 +35,7 @@ class TrainerProcess:
     def running(self) -> Iterator[subprocess.Popen[bytes]]:
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "services", "trainer", "run"],
+                [sys.executable, "-m", "gvloop", "trainer", "run"],
                 env={**os.environ, **self.env},
                 stdout=out,
                 stderr=subprocess.STDOUT,

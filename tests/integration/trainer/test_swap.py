@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from gvloop.launcher import free_ports
 from services.clients import GeneratorClient, RetryPolicy
-from services.launcher import free_ports
 from services.schemas import SwapRequest
 from tests.integration.trainer.stub import swap_recorder, wait_until
 from tests.utils.serve import serve_app

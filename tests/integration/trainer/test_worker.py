@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from services.launcher import free_ports
+from gvloop.launcher import free_ports
 from services.queue import SampleQueue
 from services.schemas import SwapRequest
 from services.settings import CommonSettings

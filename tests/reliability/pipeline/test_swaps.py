@@ -18,9 +18,9 @@ import httpx
 import pytest
 from safetensors.torch import load_file, save_file
 
+from gvloop.tiny_model import make_tiny_model
 from tests.reliability.pipeline.helpers import AUTH, greedy
 from tests.utils.figures import Figures
-from tests.utils.models import make_tiny_model
 from tests.utils.pipeline import LocalStack, common
 
 pytestmark = pytest.mark.slow

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from agent_a.engines import EnginePool, error_message, parse_version
+from agent_a.engine_pool import EnginePool, error_message, parse_version
 from agent_a.errors import DependencyUnavailableError
 from agent_a.settings import GeneratorSettings
 

@@ -110,7 +110,7 @@ class TestServiceGraph:
     def test_commands_are_gvloop_commands(self, compose) -> None:
         from typer.testing import CliRunner
 
-        from services.cli import app
+        from gvloop.cli import app
 
         for command in {tuple(service["command"]) for _, service in gvloop_services(compose)}:
             result = CliRunner().invoke(app, [*command, "--help"])

@@ -10,7 +10,7 @@ import pytest
 from tests.unit.deploy.deploy_files import DOCKERFILE, PROFILES, ROOT
 
 DEPS_BASES = {"gpu-deps": "vllm/vllm-openai:v0.33.0", "cpu-deps": "python:3.11-slim"}
-SOURCE = ("services", "agent_a", "agent_b", "trainer")
+SOURCE = ("gvloop", "services", "agent_a", "agent_b", "trainer")
 
 
 def parse() -> tuple[dict[str, str], dict[str, list[tuple[str, str]]]]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from services.launcher import (
+from gvloop.launcher import (
     Component,
     ComponentDiedError,
     ComponentNotReadyError,

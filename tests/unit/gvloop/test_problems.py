@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from services.problems import BUILTIN_HELDOUT, BUILTIN_TRAIN, ProblemFileError, load_problems
+from gvloop.problems import BUILTIN_HELDOUT, BUILTIN_TRAIN, ProblemFileError, load_problems
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -6,8 +6,8 @@ import pytest
 from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
 
-from services.http import BearerCredentials, check_bearer, install_common
 from services.schemas import VerifyRequest
+from services.server import BearerCredentials, check_bearer, install_common
 
 
 def make_app(token: str | None) -> FastAPI:

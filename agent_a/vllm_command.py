@@ -1,6 +1,5 @@
-"""The vLLM engine: its command line and environment. `gvloop agent-a engine` execs it; tests
-and benchmarks run it as a `services.launcher` component (start, wait for health with a
-deadline, stop the whole process group).
+"""The vLLM engine: its command line and environment. `gvloop agent-a engine` execs it; the local
+stack (`gvloop/stack.py`) runs it as a launcher component.
 
 The engine runs with VLLM_SERVER_DEV_MODE=1, which adds the control routes a hot swap needs
 (/pause, /collective_rpc, /update_weight_version, /reset_prefix_cache, /resume). They take no
@@ -16,7 +15,6 @@ import sys
 from pathlib import Path
 
 from agent_a.settings import EngineSettings
-from services.launcher import Component
 
 logger = logging.getLogger(__name__)
 
@@ -89,17 +87,3 @@ def engine_command(
         # trainer and the judge already hold part of it: take a fixed KV cache instead.
         env["VLLM_CPU_KVCACHE_SPACE"] = str(settings.kv_cache_gib or CPU_DEFAULT_KV_CACHE_GIB)
     return argv, env
-
-
-def engine_component(model: str, settings: EngineSettings) -> Component:
-    """The engine as a launcher component: `Launcher.start` runs it, `wait_ready` waits for
-    /health (raising with its last log lines if it dies or the deadline passes)."""
-    argv, env = engine_command(model, settings)
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
-    return Component(
-        "engine",
-        argv,
-        env,
-        health_url=f"http://{host}:{settings.port}/health",
-        ready_timeout_s=settings.start_timeout_s,
-    )

@@ -14,15 +14,17 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
-from services.demo import Demo, DemoConfig, EvalPoint
-from services.launcher import Component, ComponentDiedError, Launcher, free_ports
-from services.models import DEFAULT_MODEL, prepare_default_model
+from agent_a.settings import EngineSettings
+from agent_a.vllm_command import engine_command
+from gvloop.demo import Demo, DemoConfig, EvalPoint
+from gvloop.launcher import Component, ComponentDiedError, Launcher, free_ports
+from services.model_files import DEFAULT_MODEL, prepare_default_model
 from services.redis_server import ensure_redis
 from services.settings import CommonSettings
 
 logger = logging.getLogger(__name__)
 
-PYTHON_M_GVLOOP = [sys.executable, "-m", "services"]
+PYTHON_M_GVLOOP = [sys.executable, "-m", "gvloop"]
 T = TypeVar("T")
 
 
@@ -120,6 +122,21 @@ def local_components(
             )
         )
     return components
+
+
+def engine_component(model: str, settings: EngineSettings) -> Component:
+    """One vLLM engine as a launcher component, exec'd directly rather than through
+    `gvloop agent-a engine`: `Launcher.start` runs it, `wait_ready` waits for /health (raising
+    with its last log lines if it dies or the deadline passes)."""
+    argv, env = engine_command(model, settings)
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    return Component(
+        "engine",
+        argv,
+        env,
+        health_url=f"http://{host}:{settings.port}/health",
+        ready_timeout_s=settings.start_timeout_s,
+    )
 
 
 async def _watch(launcher: Launcher, work: asyncio.Task[T]) -> T:

@@ -20,13 +20,13 @@ from pathlib import Path
 import httpx
 from pydantic import BaseModel, Field
 
+from gvloop.problems import BUILTIN_HELDOUT, BUILTIN_TRAIN, load_problems
 from services.clients import (
     GeneratorClient,
     ServiceError,
     ServiceUnavailableError,
     VerifierClient,
 )
-from services.problems import BUILTIN_HELDOUT, BUILTIN_TRAIN, load_problems
 from services.schemas import (
     GenerateRequest,
     ProblemIn,

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from agent_a.engine import (
+from agent_a.settings import EngineSettings
+from agent_a.vllm_command import (
     WORKER_EXTENSION,
     PublicBindError,
     check_bind_host,
     engine_command,
-    engine_component,
 )
-from agent_a.settings import EngineSettings
+from gvloop.stack import engine_component
 
 
 def settings(**fields: object) -> EngineSettings:

@@ -31,7 +31,7 @@ DataDir = Annotated[Path | None, typer.Option(help="Default: GVLOOP_DATA_DIR or 
 @model_app.command("prepare")
 def model_prepare(data_dir: DataDir = None) -> None:
     """Convert the packaged SmolLM2-135M-Instruct GGUF into an HF safetensors directory."""
-    from services.models import prepare_default_model
+    from services.model_files import prepare_default_model
 
     setup_logging()
     settings = CommonSettings()
@@ -73,9 +73,9 @@ def up(
     import signal
     import time
 
-    from services.demo import DemoConfig, curve_table
-    from services.launcher import ComponentDiedError, ComponentNotReadyError
-    from services.stack import StackPorts, demo_stack, run_stack
+    from gvloop.demo import DemoConfig, curve_table
+    from gvloop.launcher import ComponentDiedError, ComponentNotReadyError
+    from gvloop.stack import StackPorts, demo_stack, run_stack
 
     setup_logging()
     # SIGTERM (a service manager, `kill`) stops the children as Ctrl-C does, not orphans them

@@ -1,5 +1,6 @@
-"""Tiny models for tests: Llama architecture, head_dim 64 (vLLM's CPU attention needs it), the
-default model's real tokenizer and chat template, random weights; built in seconds."""
+"""A tiny model for tests and benchmarks: Llama architecture, head_dim 64 (vLLM's CPU attention
+needs it), the default model's real tokenizer and chat template, random weights;
+built in seconds."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from services.models import prepare_default_model
+from services.model_files import prepare_default_model
 from services.settings import CommonSettings
 
 
