@@ -51,8 +51,8 @@ def engine(
     from services.model_files import ModelNotPreparedError, resolve_model
     from services.settings import CommonSettings
 
-    setup_logging()
     common = CommonSettings()
+    setup_logging(common.log_level)
     settings = EngineSettings(
         **_overrides(
             host=host,
@@ -87,7 +87,10 @@ def serve(
 
     from agent_a.app import create_app
     from agent_a.settings import GeneratorSettings
+    from services.settings import CommonSettings
 
+    common = CommonSettings()
     settings = GeneratorSettings(**_overrides(host=host, port=port))
-    setup_logging(settings.log_level)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+    setup_logging(common.log_level)
+    app = create_app(settings, common)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None)

@@ -1,9 +1,11 @@
-"""Dependencies of the generator's routes: settings, the running service, the token check."""
+"""Dependencies of the generator's routes: settings, the running service, metrics, the token
+check."""
 
 from typing import Annotated
 
 from fastapi import Depends, Request
 
+from agent_a.metrics import GeneratorMetrics
 from agent_a.service import GeneratorService
 from agent_a.settings import GeneratorSettings
 from services.server import BearerCredentials, check_bearer
@@ -17,8 +19,13 @@ def get_service(request: Request) -> GeneratorService:
     return request.app.state.service
 
 
+def get_metrics(request: Request) -> GeneratorMetrics:
+    return request.app.state.metrics
+
+
 SettingsDep = Annotated[GeneratorSettings, Depends(get_settings)]
 ServiceDep = Annotated[GeneratorService, Depends(get_service)]
+MetricsDep = Annotated[GeneratorMetrics, Depends(get_metrics)]
 
 
 def require_token(credentials: BearerCredentials, settings: SettingsDep) -> None:

@@ -1,16 +1,13 @@
-"""Agent A's errors, each with the HTTP status the API answers it with: the domain modules raise
-them, one exception handler in `app.py` turns them into `{"detail": ...}` responses."""
+"""Agent A's errors, each with the HTTP status its API answers it with: `services.server`'s
+APIError handler turns them into `{"detail": ...}` responses, the same for every service."""
 
 from __future__ import annotations
 
+from services.server import APIError
 
-class AgentAError(Exception):
-    status_code = 500
 
-    def __init__(self, detail: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.headers = headers
+class AgentAError(APIError):
+    """Every error of Agent A's API."""
 
 
 class InvalidRequestError(AgentAError):

@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
-from agent_a import metrics
 from agent_a.engine_pool import EnginePool
 from agent_a.errors import (
     DependencyFailedError,
@@ -27,6 +26,7 @@ from agent_a.errors import (
     QueueBusyError,
 )
 from agent_a.hotswap import HotSwapper
+from agent_a.metrics import GeneratorMetrics
 from agent_a.settings import GeneratorSettings
 from services.clients import ServiceError, ServiceUnavailableError, VerifierClient
 from services.queue import QueueFullError, SampleQueue
@@ -63,12 +63,14 @@ class Generator:
         swapper: HotSwapper,
         verifier: VerifierClient,
         queue: SampleQueue,
+        metrics: GeneratorMetrics,
         settings: GeneratorSettings,
     ) -> None:
         self.pool = pool
         self.swapper = swapper
         self.verifier = verifier
         self.queue = queue
+        self.metrics = metrics
         self.settings = settings
         self._reserved = 0
         """Samples of requests in progress, not yet in the stream: counted against the bound
@@ -87,20 +89,22 @@ class Generator:
                 "n > 1 with temperature 0 would give n identical greedy samples: use n=1 or "
                 "a temperature above 0"
             )
-        if planned > self.queue.max_backlog:
+        if planned > self.queue.bound:
             raise InvalidRequestError(
-                f"{planned} samples can never fit the queue bound of {self.queue.max_backlog}"
+                f"{planned} samples can never fit the queue bound of {self.queue.bound}"
             )
         await self._check_room(planned)
 
     async def _check_room(self, planned: int) -> None:
         try:
-            backlog = await self.queue.client.xlen(self.queue.stream)
+            room = await self.queue.room()
         except RedisError as exc:
             raise DependencyUnavailableError(f"Redis (the sample queue) failed: {exc}") from exc
-        if backlog + self._reserved + planned > self.queue.max_backlog:
+        # _reserved read after the await: requests that reserved meanwhile count too
+        if self._reserved + planned > room:
+            backlog = self.queue.bound - room
             raise QueueBusyError(
-                f"the sample queue holds {backlog} of at most {self.queue.max_backlog} samples "
+                f"the sample queue holds {backlog} of at most {self.queue.bound} samples "
                 f"and {self._reserved} more are being generated: no room for {planned} more, "
                 "the trainer is behind, retry later",
                 self.settings.retry_after_s,
@@ -136,11 +140,11 @@ class Generator:
     async def _solve(self, problem: ProblemIn, request: GenerateRequest) -> ProblemResult:
         problem_id = problem.id or new_id()
         messages = chat_messages(problem, request.system_prompt)
-        metrics.IN_FLIGHT.inc()
+        self.metrics.in_flight.inc()
         try:
             created = utcnow()
             await self.swapper.wait_idle()
-            with metrics.ENGINE_SECONDS.time():
+            with self.metrics.engine_seconds.time():
                 answer, version = await self.pool.chat(self._chat_body(messages, request))
             choices = sorted(answer["choices"], key=lambda c: c["index"])
             prompt_ids = answer.get("prompt_token_ids")
@@ -149,7 +153,7 @@ class Generator:
             texts = [c["message"]["content"] or "" for c in choices]
             verdicts = await self._verify(problem, problem_id, texts)
         finally:
-            metrics.IN_FLIGHT.dec()
+            self.metrics.in_flight.dec()
         solutions = []
         for choice, text, verdict in zip(choices, texts, verdicts, strict=True):
             sample = Sample(
@@ -171,7 +175,7 @@ class Generator:
                 created_at=created,
             )
             queued = await self._enqueue(sample)
-            metrics.COMPLETION_TOKENS.inc(len(sample.completion_token_ids))
+            self.metrics.completion_tokens.inc(len(sample.completion_token_ids))
             solutions.append(
                 GeneratedSolution(
                     sample_id=sample.sample_id,
@@ -211,7 +215,7 @@ class Generator:
             ]
         )
         try:
-            with metrics.VERIFY_SECONDS.time():
+            with self.metrics.verify_seconds.time():
                 response = await self.verifier.verify_batch(batch)
         except ServiceUnavailableError as exc:
             raise DependencyUnavailableError(
@@ -237,9 +241,9 @@ class Generator:
                 sample.problem_id,
                 exc,
             )
-            metrics.SAMPLES.labels("false").inc()
+            self.metrics.samples.labels("false").inc()
             return False
-        metrics.SAMPLES.labels("true").inc()
+        self.metrics.samples.labels("true").inc()
         return True
 
 

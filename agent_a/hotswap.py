@@ -20,40 +20,41 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from agent_a import metrics
 from agent_a.engine_pool import Engine, EnginePool
 from agent_a.errors import AgentAError, DependencyFailedError, DependencyUnavailableError
-from services.schemas import SwapResponse, SwapTimings
+from agent_a.metrics import GeneratorMetrics
+from agent_a.store import WeightsStore
+from services.schemas import SwapResponse, SwapTimings, WeightInfo
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Weights:
-    version: int
-    checkpoint_dir: str | None
-    """None: the base model the engines started with."""
 
 
 class HotSwapper:
     def __init__(
         self,
         pool: EnginePool,
-        weights: Weights,
-        record: Callable[[Weights], Awaitable[None]],
+        weights: WeightInfo,
+        store: WeightsStore,
+        metrics: GeneratorMetrics,
         max_swap_s: float,
     ) -> None:
         self.pool = pool
-        self.weights = weights
-        self.record = record
+        self.store = store
+        self.metrics = metrics
         self.max_swap_s = max_swap_s
+        self._weights = weights
         self._lock = asyncio.Lock()  # one swap at a time
         self._idle = asyncio.Event()
         self._idle.set()
-        metrics.WEIGHT_VERSION.set(weights.version)
+        metrics.weight_version.set_function(lambda: self._weights.version)
+
+    @property
+    def weights(self) -> WeightInfo:
+        """The version served and its checkpoint (None: the base model the engines started
+        with). Only a swap changes it; everything else in agent A reads it here."""
+        return self._weights
 
     async def wait_idle(self) -> None:
         """Hold a new request while a swap runs (bounded: every swap step has a deadline)."""
@@ -80,7 +81,7 @@ class HotSwapper:
             await _each(targets, self.pool.pause)
         except Exception as exc:
             await asyncio.gather(*(self.pool.resume(e) for e in targets), return_exceptions=True)
-            metrics.SWAPS.labels("abandoned").inc()
+            self.metrics.swaps.labels("abandoned").inc()
             raise DependencyUnavailableError(
                 f"swap to v{version} abandoned, nothing changed: {exc}"
             ) from exc
@@ -96,8 +97,8 @@ class HotSwapper:
         for engine in targets:
             engine.version = version
         not_resumed = await self._resume(targets, f"loaded v{version} but did not resume")
-        self.weights = Weights(version, path)
-        await self.record(self.weights)
+        self._weights = WeightInfo(version=version, checkpoint_dir=path)
+        await self.store.save(self._weights)
         timings = SwapTimings(
             pause_s=paused - started,
             reload_s=reloaded - paused,
@@ -129,7 +130,7 @@ class HotSwapper:
     ) -> AgentAError:
         """Reload the last good weights on every target (all still paused); resume those that
         got them back, keep the rest paused and out of rotation."""
-        good = self.weights
+        good = self._weights
         source = good.checkpoint_dir or self.pool.model_root
         results = await asyncio.gather(
             *(self._restore(e, source, good.version) for e in targets), return_exceptions=True
@@ -142,7 +143,7 @@ class HotSwapper:
                 lost.append(f"{engine.url} ({result})")
             else:
                 engine.version = good.version
-        metrics.SWAPS.labels("failed").inc()
+        self.metrics.swaps.labels("failed").inc()
         cause = f"loading {path} as v{version} failed: {failure}"
         if lost:
             logger.error("%s; engines could not recover and stay paused: %s", cause, lost)
@@ -189,10 +190,9 @@ class HotSwapper:
         return failed
 
     def _observe(self, timings: SwapTimings) -> None:
-        metrics.SWAPS.labels("ok").inc()
-        metrics.WEIGHT_VERSION.set(self.weights.version)
+        self.metrics.swaps.labels("ok").inc()
         for phase in ("pause", "reload", "resume", "total"):
-            metrics.SWAP_SECONDS.labels(phase).observe(getattr(timings, f"{phase}_s"))
+            self.metrics.swap_seconds.labels(phase).observe(getattr(timings, f"{phase}_s"))
 
 
 async def _each(engines: list[Engine], call: Callable[[Engine], Awaitable[None]]) -> None:

@@ -1,41 +1,19 @@
 """Asynchronous generation jobs: POST /problems with `wait: false` answers with a job id at
-once; the job runs here and its status (then its result) lives in Redis with a TTL, so any
-generator replica can answer GET /jobs/{id} and old results expire on their own."""
+once; the job runs here and its status (then its result) lives in the JobStore."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 
-import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from agent_a.errors import AgentAError, DependencyUnavailableError, JobNotFoundError, QueueBusyError
+from agent_a.errors import AgentAError, DependencyUnavailableError, QueueBusyError
 from agent_a.generation import Generator
+from agent_a.store import JobStore
 from services.schemas import GenerateRequest, JobStatus, new_id, utcnow
 
 logger = logging.getLogger(__name__)
-
-
-class JobStore:
-    def __init__(self, client: redis.Redis, prefix: str, ttl_s: int) -> None:
-        self.client = client
-        self.prefix = prefix
-        self.ttl_s = ttl_s
-
-    async def save(self, job: JobStatus) -> None:
-        await self.client.set(self.prefix + job.job_id, job.model_dump_json(), ex=self.ttl_s)
-
-    async def get(self, job_id: str) -> JobStatus:
-        try:
-            raw = await self.client.get(self.prefix + job_id)
-        except RedisError as exc:
-            raise DependencyUnavailableError(f"Redis (job store) failed: {exc}") from exc
-        if raw is None:
-            raise JobNotFoundError(
-                f"no job {job_id!r}: unknown, or finished more than {self.ttl_s}s ago"
-            )
-        return JobStatus.model_validate_json(raw)
 
 
 class JobRunner:

@@ -6,10 +6,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Response, status
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from agent_a import metrics
-from agent_a.deps import ServiceDep, require_token
+from agent_a.deps import MetricsDep, ServiceDep, require_token
 from agent_a.errors import AgentAError
 from agent_a.service import HealthResponse
 from services.schemas import (
@@ -38,7 +37,7 @@ UNAVAILABLE = {503: {"description": "An engine, the verifier or Redis is down (a
     summary="Generate, verify and queue solutions",
 )
 async def create_solutions(
-    body: GenerateRequest, service: ServiceDep, response: Response
+    body: GenerateRequest, service: ServiceDep, metrics: MetricsDep, response: Response
 ) -> GenerateResponse | JobStatus:
     """n samples per problem through the engines, each scored by the verifier and appended to
     the training queue; the solutions come back with their feedback."""
@@ -47,13 +46,13 @@ async def create_solutions(
         if not body.wait:
             job = await service.jobs.submit(body)
             response.status_code = status.HTTP_202_ACCEPTED
-            metrics.REQUESTS.labels("job").inc()
+            metrics.requests.labels("job").inc()
             return job
         result = await service.generator.generate(body)
     except AgentAError as exc:
-        metrics.REQUESTS.labels(str(exc.status_code)).inc()
+        metrics.requests.labels(str(exc.status_code)).inc()
         raise
-    metrics.REQUESTS.labels("ok").inc()
+    metrics.requests.labels("ok").inc()
     return result
 
 
@@ -85,8 +84,7 @@ async def update_weights(body: SwapRequest, service: ServiceDep) -> SwapResponse
 @router.get("/weights")
 async def read_weights(service: ServiceDep) -> WeightInfo:
     """The weight version being served, and the checkpoint it came from (null: the base)."""
-    weights = service.swapper.weights
-    return WeightInfo(version=weights.version, checkpoint_dir=weights.checkpoint_dir)
+    return service.swapper.weights
 
 
 @public.get("/health", responses={503: {"model": HealthResponse}})
@@ -99,5 +97,5 @@ async def read_health(service: ServiceDep, response: Response) -> HealthResponse
 
 
 @public.get("/metrics", response_class=Response)
-async def read_metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+async def read_metrics(metrics: MetricsDep) -> Response:
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

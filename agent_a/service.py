@@ -1,5 +1,6 @@
 """The generator service's parts, built at start-up (the app's lifespan) and closed at shutdown:
-the sample queue, the engine pool, the hot swapper, the generator, the job runner."""
+the sample queue, agent A's stores, the engine pool, the hot swapper, the generator, the job
+runner."""
 
 from __future__ import annotations
 
@@ -10,15 +11,16 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel
-from redis.exceptions import RedisError
 
 from agent_a.checkpoints import Layout, check_checkpoint, read_layout, resolve_checkpoint
 from agent_a.engine_pool import EnginePool
 from agent_a.errors import AgentAError
 from agent_a.generation import Generator
-from agent_a.hotswap import HotSwapper, Weights
-from agent_a.jobs import JobRunner, JobStore
+from agent_a.hotswap import HotSwapper
+from agent_a.jobs import JobRunner
+from agent_a.metrics import GeneratorMetrics
 from agent_a.settings import GeneratorSettings
+from agent_a.store import JobStore, WeightsStore
 from services.clients import VerifierClient
 from services.queue import SampleQueue, open_queue
 from services.redis_server import EmbeddedRedis, ensure_redis
@@ -47,6 +49,8 @@ class HealthResponse(BaseModel):
 class GeneratorService:
     common: CommonSettings
     queue: SampleQueue
+    job_store: JobStore
+    weights_store: WeightsStore
     pool: EnginePool
     swapper: HotSwapper
     generator: Generator
@@ -56,39 +60,36 @@ class GeneratorService:
     embedded_redis: EmbeddedRedis | None
 
     @classmethod
-    async def start(cls, settings: GeneratorSettings, common: CommonSettings) -> GeneratorService:
+    async def start(
+        cls, settings: GeneratorSettings, common: CommonSettings, metrics: GeneratorMetrics
+    ) -> GeneratorService:
         redis_url, embedded = ensure_redis(common.redis_url, common.data_dir)
         queue = open_queue(common, redis_url, consumer="generator")
+        job_store = JobStore(redis_url, common.stream, settings.job_ttl_s, common.redis_timeout_s)
+        weights_store = WeightsStore(redis_url, common.stream, common.redis_timeout_s)
         pool = EnginePool(settings)
         try:
             await queue.ensure_group()
             versions = await pool.connect()
-            weights = await _served_weights(queue, versions)
+            weights = await _served_weights(weights_store, versions)
         except BaseException:
-            await asyncio.gather(pool.aclose(), queue.client.aclose())
+            await asyncio.gather(
+                pool.aclose(), queue.aclose(), job_store.aclose(), weights_store.aclose()
+            )
             if embedded is not None:
                 embedded.stop()
             raise
 
-        async def record(served: Weights) -> None:
-            """Remember the served checkpoint, so a restarted generator can recover to it."""
-            info = WeightInfo(version=served.version, checkpoint_dir=served.checkpoint_dir)
-            try:
-                await queue.client.set(_weights_key(queue), info.model_dump_json())
-            except RedisError as exc:
-                logger.warning("v%d is served but could not be recorded: %s", served.version, exc)
-
         max_swap_s = settings.reload_timeout_s * 2 + settings.control_timeout_s * 6
-        swapper = HotSwapper(pool, weights, record, max_swap_s)
+        swapper = HotSwapper(pool, weights, weights_store, metrics, max_swap_s)
         verifier = VerifierClient(
             settings.verifier_url,
             settings.verifier_token,
             timeout_s=settings.verifier_timeout_s,
             policy=settings.retry,
         )
-        generator = Generator(pool, swapper, verifier, queue, settings)
-        store = JobStore(queue.client, f"{common.stream}:jobs:", settings.job_ttl_s)
-        jobs = JobRunner(store, generator, settings.max_running_jobs, settings.retry_after_s)
+        generator = Generator(pool, swapper, verifier, queue, metrics, settings)
+        jobs = JobRunner(job_store, generator, settings.max_running_jobs, settings.retry_after_s)
         logger.info(
             "generator ready: %s on %d engine(s) at weight version %d, verifier %s, stream %r",
             pool.model,
@@ -100,6 +101,8 @@ class GeneratorService:
         return cls(
             common,
             queue,
+            job_store,
+            weights_store,
             pool,
             swapper,
             generator,
@@ -119,10 +122,7 @@ class GeneratorService:
     async def health(self) -> HealthResponse:
         """Engines answering and in rotation; Redis answering."""
         alive = await asyncio.gather(*(self.pool.is_alive(e) for e in self.pool.engines))
-        try:
-            redis_ok = bool(await self.queue.client.ping())
-        except RedisError:
-            redis_ok = False
+        redis_ok = await self.queue.healthy()
         usable = [ok and e.healthy for e, ok in zip(self.pool.engines, alive, strict=True)]
         status = "ok" if all(usable) else "degraded" if any(usable) else "unavailable"
         return HealthResponse(
@@ -143,28 +143,28 @@ class GeneratorService:
 
     async def aclose(self) -> None:
         await self.jobs.aclose()
-        await asyncio.gather(self.verifier.aclose(), self.pool.aclose())
-        await self.queue.client.aclose()
+        await asyncio.gather(
+            self.verifier.aclose(),
+            self.pool.aclose(),
+            self.queue.aclose(),
+            self.job_store.aclose(),
+            self.weights_store.aclose(),
+        )
         if self.embedded_redis is not None:
             self.embedded_redis.stop()
 
 
-def _weights_key(queue: SampleQueue) -> str:
-    return f"{queue.stream}:weights"
-
-
-async def _served_weights(queue: SampleQueue, versions: list[int]) -> Weights:
+async def _served_weights(store: WeightsStore, versions: list[int]) -> WeightInfo:
     """What the engines serve: their version (the oldest, if they disagree) and, when the last
-    swap recorded in Redis was to that version, its checkpoint (to recover to on failure)."""
+    swap recorded was to that version, its checkpoint (to recover to on failure)."""
     version = min(versions)
     if len(set(versions)) > 1:
         logger.warning(
             "engines serve different weight versions %s: recording v%d", versions, version
         )
-    raw = await queue.client.get(_weights_key(queue))
-    last = WeightInfo.model_validate_json(raw) if raw else None
+    last = await store.load()
     checkpoint = last.checkpoint_dir if last and last.version == version else None
-    return Weights(version, checkpoint)
+    return WeightInfo(version=version, checkpoint_dir=checkpoint)
 
 
 def _reference_layout(model_root: str) -> Layout | None:

@@ -85,7 +85,6 @@ class GeneratorSettings(BaseSettings):
     """Retry-After sent with 429 when the sample queue is full."""
     max_body_bytes: int = Field(default=8_000_000, ge=1024)
     """Larger request bodies get 413 (256 problems with long reference answers fit)."""
-    log_level: str = "INFO"
 
     @field_validator("engine_urls", "verifier_url")
     @classmethod

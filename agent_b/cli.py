@@ -41,9 +41,10 @@ def serve(
     import uvicorn
 
     from agent_b.app import create_app
+    from services.settings import CommonSettings
 
     settings = _settings(host=host, port=port, judge_model=model)
-    setup_logging(settings.log_level)
+    setup_logging(CommonSettings().log_level)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
 
 
@@ -89,7 +90,7 @@ def verify(
     """Score one solution and print the verifier's JSON answer."""
     from pydantic import ValidationError
 
-    from agent_b.judge import JudgeUnavailableError
+    from agent_b.errors import JudgeUnavailableError
     from services.clients import ServiceError, ServiceUnavailableError
     from services.schemas import VerifyRequest
 

@@ -7,7 +7,6 @@ import time
 
 from fastapi import APIRouter, Depends, status
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from agent_b.deps import MetricsDep, VerifierDep, require_token
 from services.schemas import (
@@ -82,4 +81,4 @@ async def read_health(verifier: VerifierDep) -> JSONResponse:
 
 @router.get("/metrics", summary="Prometheus metrics")
 async def read_metrics(metrics: MetricsDep) -> Response:
-    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    return Response(metrics.render(), media_type=metrics.content_type)

@@ -38,7 +38,8 @@ import time
 from typing import Literal
 
 from agent_b.equivalence import EquivalencePool
-from agent_b.judge import Judge, JudgeQuery, JudgeUnavailableError, Question, setup_judge
+from agent_b.errors import JudgeUnavailableError
+from agent_b.judges import Judge, JudgeQuery, Question, setup_judge
 from agent_b.metrics import VerifierMetrics
 from agent_b.rules import ArithmeticCheck, check_arithmetic, extract_answer
 from agent_b.settings import VerifierSettings

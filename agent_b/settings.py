@@ -61,8 +61,6 @@ class VerifierSettings(BaseSettings):
     """Hard deadline for one answer comparison; the worker is killed past it."""
     max_body_bytes: int = Field(default=4_000_000, ge=1024)
     """Larger request bodies get 413 (a full batch of 256 long items is about 2 MB)."""
-    log_level: str = "INFO"
-    """INFO: start-up, one line per batch request; DEBUG adds one line per verification."""
 
     @model_validator(mode="after")
     def _remote_needs_url(self) -> VerifierSettings:

@@ -2,7 +2,7 @@
 with the fraction of distinct final answers per problem (diversity), for the default model on
 the CPU defaults. The baseline is the same run's version 0.
 
-    python bench/bench_learning.py --swaps 4 --time-budget 1800
+    python bench/bench_learning.py --time-budget 900
 """
 
 from __future__ import annotations
@@ -19,20 +19,13 @@ from services.settings import CommonSettings
 
 
 def main(
-    swaps: Annotated[int, typer.Option(help="Hot swaps to measure after.")] = 4,
-    time_budget: Annotated[float, typer.Option(help="Stop feeding after (s).")] = 1800,
+    time_budget: Annotated[float, typer.Option(help="Seconds of training.")] = 900,
     heldout: Annotated[int, typer.Option(help="Held-out problems.")] = 100,
-    diversity_samples: Annotated[int, typer.Option(help="Samples per problem.")] = 4,
 ) -> None:
-    setup_logging()
-    started = time.monotonic()
-    config = DemoConfig(
-        swaps=swaps,
-        time_budget_s=time_budget,
-        heldout_size=heldout,
-        diversity_samples=diversity_samples,
-    )
     common = CommonSettings()
+    setup_logging(common.log_level)
+    started = time.monotonic()
+    config = DemoConfig(time_budget_s=time_budget, heldout_size=heldout)
     common, model, env = demo_stack(common, common.model)
     curve = run_stack(common, model, StackPorts(), config, env=env)
     assert curve is not None

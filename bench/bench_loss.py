@@ -38,9 +38,12 @@ def main(
     repeats: Annotated[int, typer.Option(help="Runs per variant, alternated; best kept.")] = 2,
     variant: Annotated[str | None, typer.Option(hidden=True)] = None,
 ) -> None:
-    models = model or ["tiny", *(["default"] if default_model_ready() else [])]
+    from services.settings import CommonSettings
+
+    data_dir = CommonSettings().data_dir
+    models = model or ["tiny", *(["default"] if default_model_ready(data_dir) else [])]
     if variant is not None:
-        print(json.dumps(measure(models[0], variant, batch, seq, prompt, steps)))
+        print(json.dumps(measure(models[0], variant, batch, seq, prompt, steps, data_dir)))
         return
     rows = []
     for name in models:
@@ -83,12 +86,11 @@ def best(runs: list[dict]) -> dict:
     }
 
 
-def default_model_ready() -> bool:
+def default_model_ready(data_dir: Path) -> bool:
     from services.model_files import ModelNotPreparedError, resolve_model
-    from services.settings import CommonSettings
 
     try:
-        resolve_model("default", CommonSettings().data_dir)
+        resolve_model("default", data_dir)
     except ModelNotPreparedError:
         return False
     return True
@@ -105,13 +107,15 @@ def run_child(model: str, variant: str, batch: int, seq: int, prompt: int, steps
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measure(model_name: str, variant: str, batch: int, seq: int, prompt: int, steps: int) -> dict:
+def measure(
+    model_name: str, variant: str, batch: int, seq: int, prompt: int, steps: int, data_dir: Path
+) -> dict:
     import torch
 
     from trainer.loss import feedback_augmented_loss, masked_cross_entropy
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(model_name).to(device)
+    model = load_model(model_name, data_dir).to(device)
     vocab = model.config.vocab_size
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
     generator = torch.Generator().manual_seed(0)
@@ -153,12 +157,11 @@ def measure(model_name: str, variant: str, batch: int, seq: int, prompt: int, st
     }
 
 
-def load_model(name: str):
+def load_model(name: str, data_dir: Path):
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
     from services.model_files import resolve_model
-    from services.settings import CommonSettings
 
     if name == "tiny":  # the tests' tiny model: SmolLM2's vocabulary, 2 small layers
         torch.manual_seed(0)
@@ -167,7 +170,7 @@ def load_model(name: str):
             num_attention_heads=2, num_key_value_heads=2, head_dim=64, tie_word_embeddings=True,
         )  # fmt: skip
         return LlamaForCausalLM(config)
-    path = resolve_model(name, CommonSettings().data_dir)
+    path = resolve_model(name, data_dir)
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
 
 

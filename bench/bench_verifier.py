@@ -156,6 +156,7 @@ def main(
     requests: Annotated[int, typer.Option(help="Requests per workload and mode.")] = 128,
     concurrency: Annotated[int, typer.Option(help="Clients with a request in flight.")] = 16,
 ) -> None:
+    common = CommonSettings()
     with tempfile.TemporaryDirectory() as tmp:
         results: list[Result] = []
         for name in models.split(","):
@@ -164,9 +165,9 @@ def main(
                 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
                 from gvloop.tiny_model import make_tiny_model
 
-                model_dir = str(make_tiny_model(Path(tmp) / "tiny"))
+                model_dir = str(make_tiny_model(Path(tmp) / "tiny", data_dir=common.data_dir))
             else:
-                model_dir = resolve_model(name, CommonSettings().data_dir)
+                model_dir = resolve_model(name, common.data_dir)
             results += measure(name, model_dir, requests, concurrency, Path(tmp) / "logs")
     print(f"\n{requests} requests per row, {concurrency} in flight; baseline: one at a time")
     print(table(results))

@@ -33,9 +33,9 @@ def model_prepare(data_dir: DataDir = None) -> None:
     """Convert the packaged SmolLM2-135M-Instruct GGUF into an HF safetensors directory."""
     from services.model_files import prepare_default_model
 
-    setup_logging()
-    settings = CommonSettings()
-    path = prepare_default_model(data_dir or settings.data_dir)
+    common = CommonSettings()
+    setup_logging(common.log_level)
+    path = prepare_default_model(data_dir or common.data_dir)
     typer.echo(str(path))
 
 
@@ -47,9 +47,10 @@ def redis_serve(data_dir: DataDir = None) -> None:
 
     from services.redis_server import EmbeddedRedis
 
-    setup_logging()
+    common = CommonSettings()
+    setup_logging(common.log_level)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    root = data_dir or CommonSettings().data_dir
+    root = data_dir or common.data_dir
     with EmbeddedRedis(root / "redis") as server:
         typer.echo(server.url)
         try:
@@ -62,12 +63,16 @@ def redis_serve(data_dir: DataDir = None) -> None:
 @app.command()
 def up(
     demo: Annotated[
-        bool, typer.Option(help="Run the demo: train until --swaps hot swaps, then stop.")
+        bool, typer.Option(help="Run the demo: train for --time-budget, then stop.")
     ] = False,
     model: Annotated[str | None, typer.Option(help="Default: GVLOOP_MODEL.")] = None,
-    swaps: Annotated[int, typer.Option(help="Demo: hot swaps to wait for.")] = 2,
-    time_budget: Annotated[float, typer.Option(help="Demo: stop feeding after (s).")] = 1200,
-    heldout: Annotated[int, typer.Option(help="Demo: held-out problems.")] = 50,
+    swaps: Annotated[
+        int | None, typer.Option(help="Demo: stop after this many hot swaps (default: none).")
+    ] = None,
+    time_budget: Annotated[
+        float, typer.Option(help="Demo: seconds of training after the first evaluation.")
+    ] = 900,
+    heldout: Annotated[int, typer.Option(help="Demo: held-out problems.")] = 100,
 ) -> None:
     """Run the whole pipeline locally (embedded Redis, vLLM, verifier, generator, trainer)."""
     import signal
@@ -77,11 +82,11 @@ def up(
     from gvloop.launcher import ComponentDiedError, ComponentNotReadyError
     from gvloop.stack import StackPorts, demo_stack, run_stack
 
-    setup_logging()
+    common = CommonSettings()
+    setup_logging(common.log_level)
     # SIGTERM (a service manager, `kill`) stops the children as Ctrl-C does, not orphans them
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     started = time.monotonic()
-    common = CommonSettings()
     config = DemoConfig(swaps=swaps, time_budget_s=time_budget, heldout_size=heldout)
     model = model or common.model
     env: dict[str, str] = {}
@@ -95,4 +100,5 @@ def up(
     if curve is not None:
         typer.echo("\nHeld-out accuracy of agent A, before training and after each hot swap:")
         typer.echo(curve_table(curve))
+        typer.echo(f"curve: {common.data_dir / 'curve.json'}, {common.data_dir / 'curve.png'}")
         typer.echo(f"wall time: {time.monotonic() - started:.0f}s")

@@ -2,18 +2,23 @@
 problems before training and after every hot swap.
 
 Held-out problems go straight to the engine (greedy, never enqueued, so the trainer never sees
-them) and are graded by the verifier's rule path against their reference answers. Diversity is
-the mean fraction of distinct final answers among `diversity_samples` sampled solutions per
-problem: a loop that collapses onto one answer per problem drives it towards 1/n.
+them) and are graded by the verifier's rule path against their reference answers, with a
+binomial standard error. Diversity costs no extra generation: it is measured on the training
+samples each version generates, as the mean fraction of distinct final answers among the n
+samples of a problem (a loop collapsing onto one answer per problem drives it towards 1/n).
+The curve is saved as `curve.json` and `curve.png` in the run directory after every point.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
+import math
 import random
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,26 +46,60 @@ logger = logging.getLogger(__name__)
 class DemoConfig(BaseModel):
     train_file: Path = BUILTIN_TRAIN
     heldout_file: Path = BUILTIN_HELDOUT
-    heldout_size: int = Field(default=50, ge=1)
+    heldout_size: int = Field(default=100, ge=1)
     problems_per_request: int = Field(default=16, ge=1)
     samples_per_problem: int = Field(default=4, ge=1)
     concurrent_requests: int = Field(default=2, ge=1)
     sampling: SamplingParams = SamplingParams(temperature=0.8, max_tokens=48)
     eval_max_tokens: int = 48
-    diversity_samples: int = Field(default=4, ge=0)
-    swaps: int = Field(default=2, ge=0, description="Stop after this many hot swaps.")
-    time_budget_s: float = Field(default=1200.0, gt=0, description="Stop feeding after this.")
+    swaps: int | None = Field(default=None, ge=0, description="Stop after this many hot swaps.")
+    time_budget_s: float = Field(
+        default=900.0, gt=0, description="Seconds of training: feeding stops after this."
+    )
     seed: int = 0
 
 
-@dataclass
-class EvalPoint:
+class EvalPoint(BaseModel):
+    """Held-out accuracy of one served weight version, and how that version sampled the
+    training problems (filled in as its samples come back)."""
+
     version: int
-    accuracy: float
-    distinct_fraction: float | None
-    problems: int
     at_s: float
-    samples_submitted: int
+    samples_fed: int
+    problems: int
+    correct: int
+    sampled: int = 0
+    sampled_correct: int = 0
+    distinct_fraction: float | None = None
+    """Mean fraction of distinct final answers among the n samples of each training problem:
+    1 when every sample answers differently, 1/n when the model has collapsed onto one answer."""
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.problems
+
+    @property
+    def stderr(self) -> float:
+        """Binomial standard error of the accuracy."""
+        return math.sqrt(self.accuracy * (1 - self.accuracy) / self.problems)
+
+    @property
+    def sampled_accuracy(self) -> float | None:
+        return self.sampled_correct / self.sampled if self.sampled else None
+
+
+@dataclass
+class _SampleStats:
+    samples: int = 0
+    correct: int = 0
+    problems: int = 0
+    distinct_sum: float = 0.0
+
+    def add(self, answers: list[str | None], correct: int) -> None:
+        self.samples += len(answers)
+        self.correct += correct
+        self.problems += 1
+        self.distinct_sum += len(set(answers)) / len(answers)
 
 
 class Demo:
@@ -70,72 +109,95 @@ class Demo:
         generator_url: str,
         engine_url: str,
         verifier_url: str,
+        out_dir: Path,
         generator_token: str | None = None,
         verifier_token: str | None = None,
     ) -> None:
         self.config = config
+        self.out_dir = out_dir
         self.generator = GeneratorClient(generator_url, generator_token, timeout_s=900)
         self.verifier = VerifierClient(verifier_url, verifier_token, timeout_s=300)
         self.engine = httpx.AsyncClient(base_url=engine_url, timeout=300)
         self.heldout = load_problems(config.heldout_file, limit=config.heldout_size)
         self.train = load_problems(config.train_file)
         self.submitted = 0
+        self.by_version: dict[int, _SampleStats] = defaultdict(_SampleStats)
         self.started = time.monotonic()
+        self.training_started: float | None = None
 
     async def run(self) -> list[EvalPoint]:
-        """Evaluate, then train until `swaps` hot swaps (or the time budget), evaluating after
-        each swap; returns the curve."""
+        """Evaluate, then train for the time budget (or until `swaps` hot swaps), evaluating
+        each newly served version while the feeders and the trainer go on; returns the curve."""
         model = await self._served_model()
-        version = (await self.generator.weights()).version
-        curve = [await self.evaluate(model, version)]
+        curve = [await self.evaluate(model, (await self.generator.weights()).version)]
+        self.training_started = time.monotonic()
         stop = asyncio.Event()
         feeders = [
             asyncio.create_task(self._feed(i, stop)) for i in range(self.config.concurrent_requests)
         ]
         try:
-            while len(curve) <= self.config.swaps and not self._out_of_time():
+            while not self._finished(curve):
                 await asyncio.sleep(2.0)
                 served = (await self.generator.weights()).version
-                if served != version:
-                    version = served
-                    logger.info("agent A now serves weight version %d: evaluating", version)
-                    curve.append(await self.evaluate(model, version))
+                if served != curve[-1].version:
+                    curve.append(await self.evaluate(model, served, curve))
         finally:
             stop.set()
             await asyncio.gather(*feeders, return_exceptions=True)
+        self._attach_sample_stats(curve)
+        self.save(curve)
         return curve
 
-    async def evaluate(self, model: str, version: int) -> EvalPoint:
+    async def evaluate(
+        self, model: str, version: int, curve: list[EvalPoint] | None = None
+    ) -> EvalPoint:
         greedy = SamplingParams(temperature=0.0, max_tokens=self.config.eval_max_tokens)
-        solutions = await self._complete(model, self.heldout, greedy, n=1)
-        graded = await self._grade(self.heldout, [s[0] for s in solutions])
-        accuracy = sum(ok for ok, _ in graded) / len(graded)
-        distinct = None
-        if self.config.diversity_samples:
-            sampled = await self._complete(
-                model, self.heldout, self.config.sampling, n=self.config.diversity_samples
-            )
-            fractions = []
-            for problem, texts in zip(self.heldout, sampled, strict=True):
-                answers = await self._grade([problem] * len(texts), texts)
-                fractions.append(len({a for _, a in answers}) / len(texts))
-            distinct = sum(fractions) / len(fractions)
+        solutions = await self._complete(model, self.heldout, greedy)
+        graded = await self._grade(self.heldout, solutions)
         point = EvalPoint(
-            version,
-            accuracy,
-            distinct,
-            len(self.heldout),
-            time.monotonic() - self.started,
-            self.submitted,
+            version=version,
+            at_s=time.monotonic() - self.started,
+            samples_fed=self.submitted,
+            problems=len(graded),
+            correct=sum(ok for ok, _ in graded),
         )
         logger.info(
-            "held-out v%d: accuracy %.1f%% (%d problems), distinct answers %s",
+            "held-out v%d after %.0fs: accuracy %.1f%% ± %.1f (%d problems)%s",
             version,
-            100 * accuracy,
-            len(self.heldout),
-            "-" if distinct is None else f"{distinct:.2f}",
+            point.at_s,
+            100 * point.accuracy,
+            100 * point.stderr,
+            point.problems,
+            self._previous_version_note(curve),
         )
+        if curve is not None:
+            self._attach_sample_stats([*curve, point])
+            self.save([*curve, point])
         return point
+
+    def save(self, curve: list[EvalPoint]) -> None:
+        """The curve as JSON and as a plot in the run directory, rewritten at every point so
+        that a stopped run keeps what it measured."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        rows = [{**p.model_dump(), "accuracy": p.accuracy, "stderr": p.stderr} for p in curve]
+        (self.out_dir / "curve.json").write_text(json.dumps(rows, indent=2))
+        plot_curve(curve, self.out_dir / "curve.png")
+
+    def _previous_version_note(self, curve: list[EvalPoint] | None) -> str:
+        if not curve or not (stats := self.by_version.get(curve[-1].version)):
+            return ""
+        return (
+            f"; v{curve[-1].version} sampled {stats.samples} training answers, "
+            f"{100 * stats.correct / stats.samples:.0f}% correct, "
+            f"{stats.distinct_sum / stats.problems:.2f} distinct per problem"
+        )
+
+    def _attach_sample_stats(self, curve: list[EvalPoint]) -> None:
+        for point in curve:
+            if stats := self.by_version.get(point.version):
+                point.sampled = stats.samples
+                point.sampled_correct = stats.correct
+                point.distinct_fraction = stats.distinct_sum / stats.problems
 
     async def _feed(self, worker: int, stop: asyncio.Event) -> None:
         """Submit training problems until stopped; on backpressure (429) or a busy service the
@@ -153,35 +215,42 @@ class Demo:
                 logger.warning("feeder %d: %s; waiting 5s", worker, exc)
                 await asyncio.sleep(5.0)
                 continue
+            for result in response.data:
+                for version, group in itertools.groupby(
+                    result.solutions, key=lambda s: s.weight_version
+                ):
+                    solutions = list(group)
+                    self.by_version[version].add(
+                        [s.feedback.extracted_answer for s in solutions],
+                        sum(s.feedback.is_correct for s in solutions),
+                    )
             solutions = [s for r in response.data for s in r.solutions]
             self.submitted += len(solutions)
-            correct = sum(s.feedback.is_correct for s in solutions)
             logger.info(
                 "fed %d samples (%d correct), %d in total, served version %d",
                 len(solutions),
-                correct,
+                sum(s.feedback.is_correct for s in solutions),
                 self.submitted,
                 solutions[0].weight_version if solutions else -1,
             )
 
     async def _complete(
-        self, model: str, problems: list[ProblemIn], sampling: SamplingParams, n: int
-    ) -> list[list[str]]:
+        self, model: str, problems: list[ProblemIn], sampling: SamplingParams
+    ) -> list[str]:
         limit = asyncio.Semaphore(16)
 
-        async def one(problem: ProblemIn) -> list[str]:
+        async def one(problem: ProblemIn) -> str:
             async with limit:
                 response = await self.engine.post(
                     "/v1/chat/completions",
                     json={
                         "model": model,
                         "messages": [{"role": "user", "content": problem.problem}],
-                        "n": n,
                         **sampling.model_dump(exclude_none=True),
                     },
                 )
                 response.raise_for_status()
-                return [c["message"]["content"] or "" for c in response.json()["choices"]]
+                return response.json()["choices"][0]["message"]["content"] or ""
 
         return await asyncio.gather(*(one(p) for p in problems))
 
@@ -208,7 +277,14 @@ class Demo:
         return response.json()["data"][0]["id"]
 
     def _out_of_time(self) -> bool:
-        return time.monotonic() - self.started > self.config.time_budget_s
+        return (
+            self.training_started is not None
+            and time.monotonic() - self.training_started > self.config.time_budget_s
+        )
+
+    def _finished(self, curve: list[EvalPoint]) -> bool:
+        swaps = self.config.swaps
+        return self._out_of_time() or (swaps is not None and len(curve) > swaps)
 
     async def aclose(self) -> None:
         await asyncio.gather(self.generator.aclose(), self.verifier.aclose(), self.engine.aclose())
@@ -217,13 +293,51 @@ class Demo:
 def curve_table(curve: list[EvalPoint]) -> str:
     """The curve as a plain-text table (also what the learning benchmark prints)."""
     lines = [
-        "| version | at (s) | samples fed | held-out accuracy | distinct answers |",
-        "|---|---|---|---|---|",
+        "| version | at (s) | samples fed | held-out accuracy | its training samples correct "
+        "| distinct answers |",
+        "|---|---|---|---|---|---|",
     ]
     for p in curve:
+        sampled = "-" if p.sampled_accuracy is None else f"{100 * p.sampled_accuracy:.0f}%"
         distinct = "-" if p.distinct_fraction is None else f"{p.distinct_fraction:.2f}"
         lines.append(
-            f"| v{p.version} | {p.at_s:.0f} | {p.samples_submitted} | "
-            f"{100 * p.accuracy:.1f}% ({p.problems}) | {distinct} |"
+            f"| v{p.version} | {p.at_s:.0f} | {p.samples_fed} | "
+            f"{100 * p.accuracy:.1f}% ± {100 * p.stderr:.1f} ({p.problems}) | {sampled} | "
+            f"{distinct} |"
         )
     return "\n".join(lines)
+
+
+def plot_curve(curve: list[EvalPoint], path: Path) -> None:
+    """Held-out accuracy (with its standard error) and diversity against time."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers and in CI
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    minutes = [p.at_s / 60 for p in curve]
+    ax.errorbar(
+        minutes,
+        [100 * p.accuracy for p in curve],
+        yerr=[100 * p.stderr for p in curve],
+        marker="o",
+        capsize=3,
+        label="held-out accuracy (± 1 s.e.)",
+    )
+    ax.set_xlabel("minutes since the demo started")
+    ax.set_ylabel("held-out accuracy (%)")
+    ax.set_ylim(0, 100)
+    diverse = [(m, p.distinct_fraction) for m, p in zip(minutes, curve, strict=True)]
+    diverse = [(m, d) for m, d in diverse if d is not None]
+    if diverse:
+        right = ax.twinx()
+        right.plot(*zip(*diverse, strict=True), "s--", color="tab:orange", label="distinct answers")
+        right.set_ylabel("distinct answers per problem (fraction)")
+        right.set_ylim(0, 1.05)
+        right.legend(loc="lower right")
+    ax.legend(loc="upper left")
+    ax.set_title("gvloop: agent A on held-out problems, at each served weight version")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -201,14 +201,14 @@ def run_stack(
             if demo is None:
                 launcher.wait()
                 return None
-            return asyncio.run(_run_demo(launcher, demo, ports, tokens))
+            return asyncio.run(_run_demo(launcher, demo, ports, tokens, common.data_dir))
     finally:
         if embedded is not None:
             embedded.stop()
 
 
 async def _run_demo(
-    launcher: Launcher, config: DemoConfig, ports: StackPorts, tokens: Tokens
+    launcher: Launcher, config: DemoConfig, ports: StackPorts, tokens: Tokens, out_dir: Path
 ) -> list[EvalPoint]:
     local = "http://127.0.0.1"
     demo = Demo(
@@ -216,6 +216,7 @@ async def _run_demo(
         generator_url=f"{local}:{ports.generator}",
         engine_url=f"{local}:{ports.engine}",
         verifier_url=f"{local}:{ports.verifier}",
+        out_dir=out_dir,
         generator_token=tokens.generator,
         verifier_token=tokens.verifier,
     )

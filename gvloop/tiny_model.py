@@ -11,17 +11,14 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from services.model_files import prepare_default_model
-from services.settings import CommonSettings
 
 
-def tokenizer_source() -> Path:
-    """The prepared default model's directory (prepared once per machine, then cached)."""
-    return prepare_default_model(CommonSettings().data_dir)
+def make_tiny_model(out_dir: Path, seed: int = 0, num_layers: int = 2, *, data_dir: Path) -> Path:
+    """Write an HF safetensors Llama of ~6.5M parameters (mostly the 49k embedding) to out_dir.
 
-
-def make_tiny_model(out_dir: Path, seed: int = 0, num_layers: int = 2) -> Path:
-    """Write an HF safetensors Llama of ~6.5M parameters (mostly the 49k embedding) to out_dir."""
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source())
+    The tokenizer is the default model's, prepared in `data_dir` (GVLOOP_DATA_DIR: once per
+    machine, then cached)."""
+    tokenizer = AutoTokenizer.from_pretrained(prepare_default_model(data_dir))
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=128,

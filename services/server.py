@@ -86,10 +86,30 @@ async def _no_receive() -> Message:
     return {"type": "http.disconnect"}
 
 
+class APIError(Exception):
+    """An error a service answers with its own HTTP status: the domain modules raise subclasses
+    (each sets `status_code`), the handler `install_common` adds turns them into
+    `{"detail": ...}` responses."""
+
+    status_code = 500
+
+    def __init__(self, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers
+
+
 def install_common(app: FastAPI, max_body_bytes: int) -> None:
-    """Body limit, and 4xx for JSON the parser cannot hold (deep nesting, bad encodings) or
-    that fails validation in ways FastAPI's own handler cannot report (lone surrogates)."""
+    """Body limit, each APIError as its status, and 4xx for JSON the parser cannot hold (deep
+    nesting, bad encodings) or that fails validation in ways FastAPI's own handler cannot
+    report (lone surrogates)."""
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+
+    @app.exception_handler(APIError)
+    async def api_error(_: Request, exc: APIError) -> JSONResponse:
+        return JSONResponse(
+            {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
+        )
 
     @app.exception_handler(RecursionError)
     async def too_deep(_: Request, __: RecursionError) -> JSONResponse:

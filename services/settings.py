@@ -4,7 +4,6 @@ Each service has its own settings class too (`agent_a/settings.py`, ...); this o
 what must agree across them, read from `GVLOOP_*` environment variables or a `.env` file.
 """
 
-from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field
@@ -48,8 +47,9 @@ class CommonSettings(BaseSettings):
     redis_timeout_s: float = Field(default=5.0, gt=0)
     """Socket timeout for every Redis call (blocking reads add their own block time)."""
     log_level: str = "INFO"
-    """Log level of the trainer, the engine launcher and `gvloop up`; the two APIs have their
-    own (GVLOOP_GENERATOR_LOG_LEVEL, GVLOOP_VERIFIER_LOG_LEVEL)."""
+    """Log level (DEBUG, INFO, WARNING) of every gvloop command: the two APIs, the engine
+    launcher, the trainer, `gvloop up`. At INFO the verifier logs one line per batch request;
+    DEBUG adds one line per verification."""
 
     @property
     def checkpoint_root(self) -> Path:
@@ -58,8 +58,3 @@ class CommonSettings(BaseSettings):
     @property
     def dead_letter_stream(self) -> str:
         return f"{self.stream}:dead"
-
-
-@lru_cache
-def get_common_settings() -> CommonSettings:
-    return CommonSettings()

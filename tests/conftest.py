@@ -35,5 +35,7 @@ def stream_name() -> str:
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Llama (head_dim 64) with the default model's tokenizer and chat template."""
     from gvloop.tiny_model import make_tiny_model
+    from services.settings import CommonSettings
 
-    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-seed0", seed=0)
+    out_dir = tmp_path_factory.mktemp("models") / "tiny-seed0"
+    return make_tiny_model(out_dir, seed=0, data_dir=CommonSettings().data_dir)

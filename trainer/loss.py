@@ -1,12 +1,19 @@
-"""The feedback-augmented loss of `shared/spec/feedback-augmented-loss.md`, exactly.
+"""The feedback-augmented loss: cross-entropy on a sample's completion, weighted up by the
+verifier's score, plus a penalty on the model's confidence where the verifier says wrong.
 
-Per sample i, over its completion tokens y_t (prompt and padding masked out):
+Per sample i, over its completion tokens y_t (prompt and padding masked out, so every mean_t is
+over those tokens only), with p(.) = p_theta(. | x, y_<t) at position t:
 
-    S        = (solution_score + reasoning_score) / 2
-    ce       = mean_t -log p(y_t)
-    reward   = -lambda1 * S * mean_t log p(y_t)
+    S        = (solution_score + reasoning_score) / 2             in [0, 1]
+    C        = is_correct                                         0 or 1
+    ce       = mean_t -log p(y_t)                                 L_CE
+    reward   = -lambda1 * S * mean_t log p(y_t)                   = lambda1 * S * ce
     penalty  = lambda2 * (1 - S) * mean_t max_j p(j) * (1 - C)
-    loss     = mean_i (ce + reward + penalty)
+    loss     = mean_i (ce + reward + penalty)                     batch: mean over samples
+
+So a sample's likelihood term weighs 1 + lambda1 * S, and only a sample judged wrong (C = 0) is
+pushed away from confident tokens, the harder the lower its score. A sample with no completion
+token contributes 0 to every term.
 
 Memory: the loss needs three numbers per token from the (B, T, V) logits z: the target logit,
 the max logit and the logsumexp, since log p(y_t) = z_y - logsumexp(z) and
@@ -95,7 +102,7 @@ def feedback_augmented_loss(
     lambda2: float,
     chunk_tokens: int = 1024,
 ) -> LossOutput:
-    """The spec's loss for a batch.
+    """The feedback-augmented loss of a batch (formula in the module docstring).
 
     logits (B, T, V): position t predicts target_ids[:, t] (already shifted).
     target_ids (B, T) int; loss_mask (B, T): 1 on completion tokens, 0 on prompt and padding.

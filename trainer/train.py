@@ -226,7 +226,7 @@ class Worker:
             # a finished run hands agent A its final weights; a stop request does not wait
             finished = 0 < self.cfg.max_steps <= self.step
             await self.publisher.stop(self.cfg.swap_timeout_s if finished else 0.0)
-        await self.intake.queue.client.aclose()
+        await self.intake.queue.aclose()
         if self.redis is not None:
             self.redis.stop()
         logger.info("trainer stopped at step %d (v%d)", self.step, self.state.version)

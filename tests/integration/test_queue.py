@@ -154,6 +154,29 @@ async def test_concurrent_producers_cannot_overshoot_bound(
     assert await redis_client.xlen(stream_name) == 5
 
 
+async def test_room_counts_unacked_samples(redis_client: aioredis.Redis, stream_name: str) -> None:
+    queue = await make_queue(redis_client, stream_name, max_backlog=5)
+    assert (queue.bound, await queue.room()) == (5, 5)
+    for _ in range(2):
+        await queue.put(make_sample())
+    got = await queue.read(2, block_ms=100)
+    assert await queue.room() == 3  # read but not acked still counts
+    await queue.ack([got[0].id])
+    assert await queue.room() == 4
+
+
+async def test_healthy_until_redis_is_gone(tmp_path: Path) -> None:
+    server = EmbeddedRedis(tmp_path / "redis").start()
+    queue = await make_queue(connect(server.url, timeout_s=1, retries=0), "samples")
+    try:
+        assert await queue.healthy()
+        server.kill()
+        assert not await queue.healthy()
+    finally:
+        await queue.aclose()
+        server.stop()
+
+
 async def test_redis_crash_and_restart_loses_no_appended_sample(tmp_path: Path) -> None:
     server = EmbeddedRedis(tmp_path / "redis").start()
     try:

@@ -70,8 +70,9 @@ def backends(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     with Launcher(tmp_path_factory.mktemp("logs"), echo=False) as launcher:
         launcher.start(engine_component(str(tiny_model_dir), engine))
         launcher.start(verifier)
-        make_tiny_model(root / "step_1", seed=1)  # while the engine loads
-        make_tiny_model(root / "base", seed=0)  # the served weights, inside the root
+        data_dir = CommonSettings().data_dir  # where the default model's tokenizer is
+        make_tiny_model(root / "step_1", seed=1, data_dir=data_dir)  # while the engine loads
+        make_tiny_model(root / "base", seed=0, data_dir=data_dir)  # served weights, in the root
         launcher.wait_ready()
         yield Backends(
             f"http://127.0.0.1:{engine_port}",

@@ -13,7 +13,6 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 import torch
-from prometheus_client import REGISTRY
 from safetensors.torch import load_file, save_file
 
 from agent_a.errors import DependencyFailedError
@@ -34,9 +33,10 @@ IN_FLIGHT = 3
 LONG_TOKENS = 800  # seconds each on 2 cores: still generating when the swap lands
 
 
-def swaps_total() -> float:
+def swaps_total(generator: RunningGenerator) -> float:
+    registry = generator.app.state.metrics.registry
     return sum(
-        REGISTRY.get_sample_value("gvloop_generator_swaps_total", {"outcome": o}) or 0.0
+        registry.get_sample_value("gvloop_generator_swaps_total", {"outcome": o}) or 0.0
         for o in ("ok", "failed", "abandoned")
     )
 
@@ -93,6 +93,8 @@ async def test_swap_under_load_changes_output_and_version(
 
         served = await client.weights()
         assert (served.version, served.checkpoint_dir) == (1, str(checkpoint.resolve()))
+    gauge = generator.app.state.metrics.registry.get_sample_value("gvloop_generator_weight_version")
+    assert gauge == 1
     async with httpx.AsyncClient(base_url=backends.engine_url, timeout=10) as engine:
         assert (await engine.get("/weight_info")).json() == {"weight_version": "1"}
     recorded = {s.weight_version for s in (await stream_samples(redis_client, stream)).values()}
@@ -164,7 +166,7 @@ async def test_bad_checkpoints_are_refused_before_any_engine_pauses(
         (str(reshaped_copy(step_1, root / "reshaped")), 422, "wrong shapes"),
         (str(truncated_copy(step_1, root / "truncated")), 422, "not a complete safetensors"),
     ]
-    swaps = swaps_total()
+    swaps = swaps_total(generator)
     async with generator.client() as client:
         version = (await client.weights()).version
         for path, status, message in cases:
@@ -173,4 +175,4 @@ async def test_bad_checkpoints_are_refused_before_any_engine_pauses(
             assert caught.value.status_code == status, (path, caught.value.detail)
             assert message in caught.value.detail, path
         assert (await client.weights()).version == version
-    assert swaps_total() == swaps  # no swap even started
+    assert swaps_total(generator) == swaps  # no swap even started

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from agent_b.judge import JudgeQuery
-from agent_b.local_judge import LocalJudge, word_token_ids
+from agent_b.judges import JudgeQuery, LocalJudge
+from agent_b.judges.local import word_token_ids
 from agent_b.metrics import VerifierMetrics
 from agent_b.settings import VerifierSettings
 

@@ -19,6 +19,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from gvloop.tiny_model import make_tiny_model
+from services.settings import CommonSettings
 from tests.reliability.pipeline.helpers import AUTH, greedy
 from tests.utils.figures import Figures
 from tests.utils.pipeline import LocalStack, common
@@ -46,9 +47,10 @@ async def swaps(pipeline: LocalStack) -> AsyncIterator[Swaps]:
     if pipeline.running("trainer"):  # its own swaps would race these
         pipeline.stop("trainer")
     root = common(pipeline).checkpoint_root
+    data_dir = CommonSettings().data_dir  # where the default model's tokenizer is
     for seed in (1, 3):
-        make_tiny_model(root / f"rel-good-{seed}", seed=seed)
-    half_loadable(make_tiny_model(root / "rel-half", seed=2))
+        make_tiny_model(root / f"rel-good-{seed}", seed=seed, data_dir=data_dir)
+    half_loadable(make_tiny_model(root / "rel-half", seed=2, data_dir=data_dir))
     async with httpx.AsyncClient(base_url=pipeline.url("generator"), timeout=180) as http:
         yield Swaps(root, http)
 

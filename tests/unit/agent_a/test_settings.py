@@ -57,4 +57,4 @@ def test_invalid_values_name_the_field(
 @pytest.mark.parametrize("cls", [EngineSettings, GeneratorSettings])
 def test_fields_are_documented(cls: type[BaseSettings]) -> None:
     undocumented = [n for n, f in cls.model_fields.items() if not f.description]
-    assert set(undocumented) <= {"port", "dtype", "log_level"}
+    assert set(undocumented) <= {"port", "dtype"}

@@ -1,11 +1,10 @@
 """Reads the deployment files the way Docker Compose does, without a Docker engine: the env file,
-`${VAR}` interpolation, the compose JSON schema shipped in the docker-compose 1.29 wheel, and
+`${VAR}` interpolation, the compose specification's JSON schema (kept beside these tests), and
 each service's role (which gvloop command it runs)."""
 
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 import json
 import os
 import re
@@ -21,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[3]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
+COMPOSE_SCHEMA = Path(__file__).with_name("compose-spec.json")
 SETTINGS_MODULES = ("services.settings", "agent_a.settings", "agent_b.settings", "trainer.settings")
 
 # Which gvloop command makes a service what it is, and the settings prefix it reads.
@@ -115,19 +115,13 @@ def load_compose(env: dict[str, str] | None, text: str | None = None) -> dict[st
 
 
 def compose_schema() -> dict[str, Any]:
-    """The compose specification's JSON schema, from the docker-compose 1.29.2 wheel."""
-    try:
-        dist = importlib.metadata.distribution("docker-compose")
-    except importlib.metadata.PackageNotFoundError as exc:
-        raise RuntimeError(
-            "docker-compose is not installed: pip install --no-deps docker-compose==1.29.2 "
-            "(`make install` does)"
-        ) from exc
-    return json.loads(Path(str(dist.locate_file("compose/config/compose_spec.json"))).read_text())
+    """The compose specification's JSON schema (draft-07), which Docker Compose v2 checks with."""
+    return json.loads(COMPOSE_SCHEMA.read_text())
 
 
 def system_docker_compose() -> str | None:
-    """A working docker-compose command (Debian's), not the dependency-less one in our venv."""
+    """A working docker-compose command (Debian's), not one a venv may carry (older set-ups
+    installed docker-compose 1.29 there without its dependencies, for its schema)."""
     venv_bin = Path(sys.prefix) / "bin"
     dirs = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d and Path(d) != venv_bin]
     return shutil.which("docker-compose", path=os.pathsep.join(dirs))

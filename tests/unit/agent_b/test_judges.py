@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from agent_b.judge import QUESTIONS, JudgeQuery, judge_messages, p_yes_from_logprobs
+from agent_b.judges.base import QUESTIONS, JudgeQuery, judge_messages, p_yes_from_logprobs
 
 
 def test_prompt_carries_problem_solution_and_question() -> None:

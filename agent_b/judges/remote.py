@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from agent_b.judge import (
+from agent_b.errors import JudgeUnavailableError
+from agent_b.judges.base import (
     NO_WORDS,
     YES_WORDS,
     Judge,
     JudgeQuery,
-    JudgeUnavailableError,
     judge_messages,
     p_yes_from_logprobs,
 )

@@ -1,22 +1,12 @@
-"""The model judge: a yes/no question about a solution, answered with p(Yes).
-
-The logit verifier of "Mind the Gap" (Song et al., ICLR 2025): put the problem, the solution and
-a question in the judge's chat template and read the next-token distribution, scoring
-p(Yes) / (p(Yes) + p(No)) over the yes/no token variants. One forward pass, no sampling, so the
-score is deterministic and cheap. Two backends: `LocalJudge` (transformers in this process,
-`local_judge.py`) and `OpenAIJudge` (an OpenAI-compatible server, `remote_judge.py`).
-"""
+"""What every judge backend shares: the `Judge` interface, the question, the prompt, and
+p(Yes) from the log-probabilities of the yes/no token variants."""
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
-
-if TYPE_CHECKING:
-    from agent_b.metrics import VerifierMetrics
-    from agent_b.settings import VerifierSettings
+from typing import Literal
 
 Question = Literal["correct", "reasoning"]
 
@@ -33,10 +23,6 @@ NO_WORDS = ("No", "no", "NO")
 # Prompts keep under max_prompt_tokens by characters (about 3 per token in math text) so both
 # backends cut the same way without a tokenizer; the local judge then enforces the token bound.
 CHARS_PER_TOKEN = 3
-
-
-class JudgeUnavailableError(RuntimeError):
-    """The judge cannot answer now (loading, failed, overloaded, timed out): retry later."""
 
 
 @dataclass(frozen=True)
@@ -100,14 +86,3 @@ class Judge(ABC):
     @abstractmethod
     async def aclose(self) -> None:
         """Release the model, the server connection, background tasks."""
-
-
-def setup_judge(settings: VerifierSettings, metrics: VerifierMetrics) -> Judge:
-    """The judge backend the settings ask for (not loaded yet)."""
-    if settings.judge_backend == "openai":
-        from agent_b.remote_judge import OpenAIJudge
-
-        return OpenAIJudge(settings)
-    from agent_b.local_judge import LocalJudge
-
-    return LocalJudge(settings, metrics)
