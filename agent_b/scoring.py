@@ -24,10 +24,15 @@ The scores:
 - reasoning_score = w * a + (1 - w) * p_reasoning, with
   a = fraction of the `x op y = z` statements in the solution that hold when re-evaluated,
   n = how many were checked, w = n / (n + 1) (0 when none: nothing to check),
-  p_reasoning = the judge's p(Yes) to "is every step valid?", or 0.5 (no opinion) when the
-  judge is not asked (method "rule", or `judge_reasoning` off).
+  p_reasoning = the judge's p(Yes) to "is every step valid?"; when the judge is not asked
+  (method "rule", or `judge_reasoning` off) the outcome stands in for it: solution_score.
   One checked statement weighs as much as the judge, each further one more: a wrong stated
   calculation is certain evidence of a broken step, the judge's opinion is not.
+  Why the outcome and not 0.5 ("no opinion") when nothing else speaks about the steps: the
+  loss rewards S = (solution_score + reasoning_score) / 2, and with 0.5 every wrong answer
+  without a checkable step got S = 0.25, so the reward term pushed wrong answers up too. With
+  the outcome, such an answer gets S = 0 and a right one S = 1; steps that were checked still
+  move it (a right answer reached through a wrong calculation scores below 1).
 """
 
 from __future__ import annotations
@@ -47,12 +52,13 @@ from services.schemas import VerifyRequest, VerifyResponse
 
 logger = logging.getLogger(__name__)
 
-NO_OPINION = 0.5
 
-
-def compute_reasoning_score(arithmetic: ArithmeticCheck, p_reasoning: float | None) -> float:
-    """w * a + (1 - w) * p with w = n / (n + 1); see the module docstring."""
-    judge = NO_OPINION if p_reasoning is None else p_reasoning
+def compute_reasoning_score(
+    arithmetic: ArithmeticCheck, p_reasoning: float | None, solution_score: float
+) -> float:
+    """w * a + (1 - w) * p with w = n / (n + 1), p = solution_score when the judge was not
+    asked; see the module docstring."""
+    judge = solution_score if p_reasoning is None else p_reasoning
     if arithmetic.fraction is None:
         return judge
     weight = arithmetic.checked / (arithmetic.checked + 1)
@@ -133,7 +139,7 @@ class Verifier:
         self.metrics.verifications.labels(method, str(is_correct).lower()).inc()
         return VerifyResponse(
             solution_score=solution_score,
-            reasoning_score=compute_reasoning_score(arithmetic, p_reasoning),
+            reasoning_score=compute_reasoning_score(arithmetic, p_reasoning, solution_score),
             is_correct=is_correct,
             extracted_answer=extracted,
             decided_by=method,

@@ -90,13 +90,29 @@ async def test_arithmetic_check_feeds_the_reasoning_score(client: VerifierClient
             reference_answer="1234",
         )
     )
-    # method rule: no judge, so reasoning = 1/2 * arithmetic + 1/2 * 0.5
+    # method rule: no judge, so the outcome stands in for it: 1/2 * arithmetic + 1/2 * 1
     assert (right.arithmetic_checked, right.arithmetic_correct) == (1, 1)
     assert (wrong.arithmetic_checked, wrong.arithmetic_correct) == (1, 0)
-    assert (right.reasoning_score, wrong.reasoning_score) == (0.75, 0.25)
+    assert (right.reasoning_score, wrong.reasoning_score) == (1.0, 0.5)
     assert right.is_correct and wrong.is_correct  # the final answer is still right
     assert right.decided_by == wrong.decided_by == "rule"
     assert right.judge_p_reasoning is None
+
+
+async def test_without_a_checkable_step_the_outcome_is_the_reasoning_score(
+    client: VerifierClient,
+) -> None:
+    """A wrong answer with nothing to check gets S = 0, not 0.25: the loss' reward term must
+    not push it up."""
+    requests = [
+        VerifyRequest(
+            problem=PROBLEM, solution=f"Answer: {n}", method="rule", reference_answer="1234"
+        )
+        for n in (1234, 1243)
+    ]
+    right, wrong = (await client.verify_batch(VerifyBatchRequest(items=requests))).data
+    assert (right.solution_score, right.reasoning_score) == (1.0, 1.0)
+    assert (wrong.solution_score, wrong.reasoning_score) == (0.0, 0.0)
 
 
 async def test_model_judge_decides_without_reference(client: VerifierClient) -> None:

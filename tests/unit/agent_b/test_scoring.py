@@ -10,20 +10,22 @@ from services.schemas import VerifyRequest
 
 
 @pytest.mark.parametrize(
-    ("arithmetic", "p_reasoning", "expected"),
+    ("arithmetic", "p_reasoning", "solution_score", "expected"),
     [
-        (ArithmeticCheck(0, 0), 0.8, 0.8),  # nothing to check: the judge alone
-        (ArithmeticCheck(0, 0), None, 0.5),  # no judge either: no opinion
-        (ArithmeticCheck(1, 1), 0.2, 0.5 * 1 + 0.5 * 0.2),  # w = 1/2
-        (ArithmeticCheck(3, 3), 0.0, 0.75),  # w = 3/4
-        (ArithmeticCheck(3, 0), 1.0, 0.25),  # wrong steps outweigh a confident judge
-        (ArithmeticCheck(4, 2), None, 0.8 * 0.5 + 0.2 * 0.5),
+        (ArithmeticCheck(0, 0), 0.8, 0.0, 0.8),  # nothing to check: the judge alone
+        (ArithmeticCheck(0, 0), None, 0.0, 0.0),  # no judge either: the outcome (wrong)
+        (ArithmeticCheck(0, 0), None, 1.0, 1.0),  # ... (right)
+        (ArithmeticCheck(1, 1), 0.2, 1.0, 0.5 * 1 + 0.5 * 0.2),  # w = 1/2
+        (ArithmeticCheck(3, 3), 0.0, 1.0, 0.75),  # w = 3/4
+        (ArithmeticCheck(3, 0), 1.0, 1.0, 0.25),  # wrong steps outweigh a confident judge
+        (ArithmeticCheck(4, 2), None, 1.0, 0.8 * 0.5 + 0.2 * 1.0),  # right, half steps wrong
     ],
 )
 def test_reasoning_score(
-    arithmetic: ArithmeticCheck, p_reasoning: float | None, expected: float
+    arithmetic: ArithmeticCheck, p_reasoning: float | None, solution_score: float, expected: float
 ) -> None:
-    assert compute_reasoning_score(arithmetic, p_reasoning) == pytest.approx(expected)
+    got = compute_reasoning_score(arithmetic, p_reasoning, solution_score)
+    assert got == pytest.approx(expected)
 
 
 @pytest.mark.parametrize(
