@@ -39,6 +39,7 @@ from services.schemas import (
     ProblemIn,
     ProblemResult,
     Sample,
+    SampleGroup,
     VerifyBatchRequest,
     VerifyRequest,
     VerifyResponse,
@@ -155,6 +156,7 @@ class Generator:
         finally:
             self.metrics.in_flight.dec()
         solutions = []
+        group = SampleGroup(size=len(verdicts), correct=sum(v.is_correct for v in verdicts))
         for choice, text, verdict in zip(choices, texts, verdicts, strict=True):
             sample = Sample(
                 problem_id=problem_id,
@@ -170,6 +172,7 @@ class Generator:
                     reasoning_score=verdict.reasoning_score,
                     is_correct=verdict.is_correct,
                 ),
+                group=group,
                 weight_version=version,
                 model=self.pool.model,
                 created_at=created,

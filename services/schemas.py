@@ -188,6 +188,20 @@ class ChatMessage(Strict):
     content: Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
 
 
+class SampleGroup(Strict):
+    """How the samples generated together for one problem fared: the contrast the trainer can
+    choose to learn from (a group all right or all wrong has none)."""
+
+    size: int = Field(ge=1)
+    correct: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _correct_within_size(self) -> SampleGroup:
+        if self.correct > self.size:
+            raise ValueError(f"{self.correct} correct samples in a group of {self.size}")
+        return self
+
+
 class Sample(Strict):
     """One generated and verified solution: what the trainer learns from.
 
@@ -206,6 +220,9 @@ class Sample(Strict):
     sampling: SamplingParams
     solution: Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
     feedback: Feedback
+    group: SampleGroup | None = Field(
+        default=None, description="The samples of the same problem and request, this one included."
+    )
     weight_version: int = Field(ge=0)
     model: str = Field(min_length=1)
     created_at: datetime = Field(default_factory=utcnow, description="Generation started.")

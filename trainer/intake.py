@@ -16,13 +16,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from redis.exceptions import RedisError
 
 from services.clients import RetryPolicy
 from services.queue import Delivery, SampleQueue
-from services.schemas import Sample
+from services.schemas import Sample, SampleGroup
 from trainer.batch import unusable_reason
 from trainer.metrics import TrainerMetrics
 
@@ -37,6 +37,13 @@ def is_stale(sample_version: int, served_version: int, max_staleness: int) -> bo
     return sample_version < served_version - max_staleness
 
 
+def no_contrast(group: SampleGroup | None, policy: Literal["none", "all_wrong", "uniform"]) -> bool:
+    """Whether a sample's group is one the `skip_groups` policy leaves out (unknown: kept)."""
+    if group is None or policy == "none":
+        return False
+    return group.correct == 0 or (policy == "uniform" and group.correct == group.size)
+
+
 class Intake:
     def __init__(
         self,
@@ -47,6 +54,7 @@ class Intake:
         max_wait_s: float,
         max_staleness: int,
         max_seq_len: int,
+        skip_groups: Literal["none", "all_wrong", "uniform"] = "none",
         vocab_size: int,
         backoff: RetryPolicy | None = None,
     ) -> None:
@@ -56,6 +64,7 @@ class Intake:
         self.max_wait_s = max_wait_s
         self.max_staleness = max_staleness
         self.max_seq_len = max_seq_len
+        self.skip_groups = skip_groups
         self.vocab_size = vocab_size
         self.backoff = backoff or RetryPolicy(backoff_s=0.5, max_backoff_s=30.0)
         self.uncommitted: list[str] = []
@@ -63,6 +72,8 @@ class Intake:
         self.unacked: list[str] = []
         """Ids a checkpoint on disk commits that are not acknowledged yet."""
         self.skipped = 0
+        self.batch_skipped = 0
+        """Samples set aside while the last batch was gathered."""
         # Every id taken and not yet acknowledged: XAUTOCLAIM hands a consumer its own samples
         # again once they idle past claim_idle_s, and they must not be trained on twice.
         self._held: set[str] = set()
@@ -80,6 +91,7 @@ class Intake:
         arrives) and unusable ones are set aside on the way."""
         batch: list[Delivery] = []
         deadline: float | None = None
+        self.batch_skipped = 0
         while len(batch) < self.batch_size and not stop.is_set():
             left_ms = READ_BLOCK_MS
             if deadline is not None:
@@ -97,6 +109,7 @@ class Intake:
                     # none of it reaches the weights, so no checkpoint needs to hold it
                     self.unacked.append(delivery.id)
                     self.skipped += 1
+                    self.batch_skipped += 1
                     self.metrics.record_skip(reason, delivery.id, detail)
             # now, not after the next step: a backlog of stale samples would hold the queue at
             # its bound, producers would get only 429s, and no fresh sample would ever come
@@ -167,7 +180,12 @@ class Intake:
                 f"max_staleness {self.max_staleness}"
             )
         unusable = unusable_reason(sample, self.max_seq_len, self.vocab_size)
-        return ("unusable", unusable) if unusable else (None, "")
+        if unusable:
+            return "unusable", unusable
+        if no_contrast(sample.group, self.skip_groups):
+            assert sample.group is not None
+            return "no_contrast", f"{sample.group.correct} of {sample.group.size} correct"
+        return None, ""
 
     def _redis_failed(self, what: str, exc: RedisError) -> None:
         self.metrics.errors.labels("redis").inc()

@@ -28,6 +28,7 @@ class StepStats:
     feedback: float  # mean S over the batch
     accuracy: float  # mean C over the batch
     samples: int
+    skipped: int  # samples set aside (stale, unusable, no contrast) while gathering the batch
     tokens: int  # completion tokens trained on
     tokens_per_s: float
     lr: float
@@ -42,7 +43,8 @@ def step_line(s: StepStats) -> str:
     return (
         f"step {s.step} | {s.seconds:.1f}s | loss {s.loss:.4f} (ce {s.ce:.4f} "
         f"reward {s.reward:.4f} penalty {s.penalty:.4f}) | feedback {s.feedback:.3f} | "
-        f"acc {s.accuracy:.3f} | {s.samples} samples {s.tokens_per_s:.0f} tok/s | "
+        f"acc {s.accuracy:.3f} | {s.samples} samples ({s.skipped} skipped) "
+        f"{s.tokens_per_s:.0f} tok/s | "
         f"lr {s.lr:.2e} gnorm {s.grad_norm:.3f} | lag {s.lag} | stale {s.staleness} | "
         f"v{s.version}"
     )
@@ -147,7 +149,9 @@ class TrainerMetrics:
     def record_skip(self, reason: str, stream_id: str, detail: str) -> None:
         self.skipped.labels(reason).inc()
         self.event("skip", reason=reason, id=stream_id, detail=detail)
-        logger.info("skipped sample %s (%s): %s", stream_id, reason, detail)
+        # skipping by group policy is routine, many per step: the step line counts them
+        level = logging.DEBUG if reason == "no_contrast" else logging.INFO
+        logger.log(level, "skipped sample %s (%s): %s", stream_id, reason, detail)
 
     def record_checkpoint(
         self, step: int, version: int, path: Path, seconds: float, n: int

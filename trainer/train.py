@@ -119,6 +119,7 @@ class Worker:
             batch_size=cfg.batch_size,
             max_wait_s=cfg.max_wait_s,
             max_staleness=cfg.max_staleness,
+            skip_groups=cfg.skip_groups,
             max_seq_len=cfg.max_seq_len,
             vocab_size=self.model.get_input_embeddings().num_embeddings,
         )
@@ -178,7 +179,8 @@ class Worker:
                 stats = StepStats(
                     step=self.step, seconds=seconds, loss=out.loss, ce=out.ce,
                     reward=out.reward, penalty=out.penalty, feedback=out.feedback,
-                    accuracy=out.accuracy, samples=len(deliveries), tokens=out.tokens,
+                    accuracy=out.accuracy, samples=len(deliveries),
+                    skipped=self.intake.batch_skipped, tokens=out.tokens,
                     tokens_per_s=out.tokens / seconds, lr=lr, grad_norm=out.grad_norm,
                     lag=await self.intake.lag(), staleness=max(0, self.served_version - oldest),
                     version=self.served_version,

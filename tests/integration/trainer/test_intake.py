@@ -11,8 +11,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from services.queue import SampleQueue
+from services.schemas import SampleGroup
 from tests.utils.samples import make_sample
-from trainer.intake import Intake, is_stale
+from trainer.intake import Intake, is_stale, no_contrast
 from trainer.metrics import TrainerMetrics
 
 CONSUMER = "trainer-0"
@@ -67,6 +68,39 @@ async def test_batches_skips_and_commits(redis_client, stream_name, tmp_path: Pa
     assert await redis_client.xlen(stream_name) == 0
     skips = (tmp_path / "metrics.jsonl").read_text()
     assert skips.count('"reason": "stale"') == 1 and skips.count('"reason": "unusable"') == 1
+
+
+@pytest.mark.parametrize(
+    ("correct", "policy", "skipped"),
+    [
+        (0, "none", False),
+        (0, "all_wrong", True),
+        (4, "all_wrong", False),
+        (4, "uniform", True),
+        (1, "uniform", False),
+    ],
+)
+def test_no_contrast(correct: int, policy, skipped: bool) -> None:
+    assert no_contrast(SampleGroup(size=4, correct=correct), policy) is skipped
+    assert no_contrast(None, policy) is False  # a sample from an older producer: kept
+
+
+async def test_groups_without_contrast_are_skipped_and_acknowledged(
+    redis_client, stream_name, tmp_path: Path
+) -> None:
+    intake = await make_intake(redis_client, stream_name, tmp_path, skip_groups="all_wrong")
+    producer = SampleQueue(redis_client, stream_name, "trainer")
+    all_wrong = SampleGroup(size=2, correct=0)
+    mixed = SampleGroup(size=2, correct=1)
+    await producer.put(make_sample(group=all_wrong))
+    await producer.put(make_sample(group=all_wrong))
+    kept = [await producer.put(make_sample(group=mixed)) for _ in range(2)]
+
+    batch = await intake.next_batch(lambda: 0, asyncio.Event())
+    assert [d.id for d in batch] == kept
+    assert intake.batch_skipped == 2
+    assert await redis_client.xlen(stream_name) == len(kept)  # the skipped ones are acked
+    assert (tmp_path / "metrics.jsonl").read_text().count('"reason": "no_contrast"') == 2
 
 
 async def test_restart_acknowledges_what_the_checkpoint_committed(
