@@ -50,6 +50,10 @@ class Batch:
         return parts
 
 
+def sequence_length(sample: Sample) -> int:
+    return len(sample.prompt_token_ids) + len(sample.completion_token_ids)
+
+
 def unusable_reason(sample: Sample, max_seq_len: int, vocab_size: int) -> str | None:
     """Why a sample cannot be trained on with this model and length limit, or None."""
     tokens = sample.prompt_token_ids + sample.completion_token_ids

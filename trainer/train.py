@@ -29,7 +29,7 @@ from services.queue import open_queue
 from services.redis_server import EmbeddedRedis, ensure_redis
 from services.settings import CommonSettings
 from trainer import ckpt
-from trainer.batch import collate
+from trainer.batch import collate, sequence_length
 from trainer.intake import Intake
 from trainer.metrics import StepStats, TrainerMetrics
 from trainer.progress import TrainProgress
@@ -159,7 +159,9 @@ class Worker:
                 if not deliveries:
                     continue
                 t0 = time.perf_counter()
-                batch = collate([d.sample for d in deliveries], cfg.max_seq_len, pad_id)
+                # by length, so that each micro-batch pads only to its own longest sequence
+                samples = sorted((d.sample for d in deliveries), key=sequence_length)
+                batch = collate(samples, cfg.max_seq_len, pad_id)
                 lr = get_lr(self.step + 1, cfg)
                 out = await asyncio.to_thread(
                     train_step, self.model, self.optimizer, batch, lr, cfg, self.device,
