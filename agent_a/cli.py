@@ -49,6 +49,7 @@ def engine(
     from agent_a.settings import EngineSettings
     from agent_a.vllm_command import PublicBindError, check_bind_host, engine_command
     from services.model_files import ModelNotPreparedError, resolve_model
+    from services.processes import PortInUseError, check_port_free, run_supervised
     from services.settings import CommonSettings
 
     common = CommonSettings()
@@ -66,13 +67,17 @@ def engine(
     try:
         check_bind_host(settings.host)
         path = resolve_model(model or common.model, common.data_dir)
-    except (PublicBindError, ModelNotPreparedError) as exc:
+        check_port_free(
+            settings.host, settings.port, "choose another port with --port or GVLOOP_ENGINE_PORT"
+        )
+    except (PublicBindError, ModelNotPreparedError, PortInUseError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     argv, env = engine_command(path, settings)
     logger.info("starting vLLM: %s", " ".join(argv))
-    # exec, not a child: signals (Ctrl-C, the launcher's SIGTERM) reach vLLM directly.
-    os.execve(argv[0], argv, {**os.environ, **env})
+    # A child, not an exec: vLLM ignores a SIGTERM that comes while its engine starts, and
+    # its engine core outlives it when it is killed; this process sees to both.
+    raise typer.Exit(run_supervised(argv, {**os.environ, **env}))
 
 
 @app.command("serve")
@@ -87,10 +92,14 @@ def serve(
 
     from agent_a.app import create_app
     from agent_a.settings import GeneratorSettings
+    from services.processes import exit_if_port_in_use
     from services.settings import CommonSettings
 
     common = CommonSettings()
     settings = GeneratorSettings(**_overrides(host=host, port=port))
+    exit_if_port_in_use(
+        settings.host, settings.port, "choose another port with --port or GVLOOP_GENERATOR_PORT"
+    )
     setup_logging(common.log_level)
     app = create_app(settings, common)
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None)

@@ -22,6 +22,7 @@ from agent_a.metrics import GeneratorMetrics
 from agent_a.settings import GeneratorSettings
 from agent_a.store import JobStore, WeightsStore
 from services.clients import VerifierClient
+from services.processes import instance_id
 from services.queue import SampleQueue, open_queue
 from services.redis_server import EmbeddedRedis, ensure_redis
 from services.schemas import SwapRequest, SwapResponse, WeightInfo
@@ -43,6 +44,9 @@ class HealthResponse(BaseModel):
     version: int
     engines: list[EngineHealth]
     redis: bool
+    instance: str | None = None
+    """The id `gvloop up` started this process with (GVLOOP_INSTANCE_ID): how it knows the
+    answer comes from its own child. None when started by hand."""
 
 
 @dataclass
@@ -139,6 +143,7 @@ class GeneratorService:
                 for e, ok in zip(self.pool.engines, usable, strict=True)
             ],
             redis=redis_ok,
+            instance=instance_id(),
         )
 
     async def aclose(self) -> None:

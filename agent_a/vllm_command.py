@@ -1,5 +1,5 @@
-"""The vLLM engine: its command line and environment. `gvloop agent-a engine` execs it; the local
-stack (`gvloop/stack.py`) runs it as a launcher component.
+"""The vLLM engine: its command line and environment. `gvloop agent-a engine` runs it as a child
+it watches (`services.processes.run_supervised`); `gvloop.stack.engine_component` runs it directly.
 
 The engine runs with VLLM_SERVER_DEV_MODE=1, which adds the control routes a hot swap needs
 (/pause, /collective_rpc, /update_weight_version, /reset_prefix_cache, /resume). They take no

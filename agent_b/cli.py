@@ -41,9 +41,13 @@ def serve(
     import uvicorn
 
     from agent_b.app import create_app
+    from services.processes import exit_if_port_in_use
     from services.settings import CommonSettings
 
     settings = _settings(host=host, port=port, judge_model=model)
+    exit_if_port_in_use(
+        settings.host, settings.port, "choose another port with --port or GVLOOP_VERIFIER_PORT"
+    )
     setup_logging(CommonSettings().log_level)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
 
@@ -69,8 +73,10 @@ async def _verify_remote(url: str, token: str | None, request: VerifyRequest) ->
 
 
 def verify(
-    problem: Annotated[str, typer.Option(help="The problem statement.")],
     solution: Annotated[str, typer.Option(help="The solution to score.")],
+    problem: Annotated[
+        str | None, typer.Option(help="The problem statement (not needed by --method rule).")
+    ] = None,
     reference: Annotated[str | None, typer.Option(help="Reference final answer.")] = None,
     method: Annotated[
         Literal["auto", "rule", "model"],

@@ -10,6 +10,8 @@ from pydantic_settings import BaseSettings
 from services.model_files import resolve_model
 from services.settings import CommonSettings, env_config
 
+RewardField = Literal["combined", "solution_score", "reasoning_score", "is_correct"]
+
 
 class VerifierSettings(BaseSettings):
     model_config = env_config("GVLOOP_VERIFIER_")
@@ -19,7 +21,7 @@ class VerifierSettings(BaseSettings):
     port: int = Field(default=8002, ge=1, le=65535)
     """Port to listen on."""
     api_token: str | None = None
-    """Bearer token required on /verify and /verify/batch; unset: open."""
+    """Bearer token required on /verify, /verify/batch and /get_reward; unset: open."""
     judge_model: str | None = None
     """Judge model: an HF causal LM directory or hub name (local backend), or the served model
     name (openai backend). Unset: GVLOOP_MODEL, i.e. the same model agent A serves (local), or
@@ -61,6 +63,10 @@ class VerifierSettings(BaseSettings):
     """Hard deadline for one answer comparison; the worker is killed past it."""
     max_body_bytes: int = Field(default=4_000_000, ge=1024)
     """Larger request bodies get 413 (a full batch of 256 long items is about 2 MB)."""
+    reward_field: RewardField = "combined"
+    """The reward POST /get_reward answers (OpenRLHF), and the default of agent_b/rewards.py's
+    adapters: combined, S = (solution_score + reasoning_score) / 2 as in the loss; one of the
+    two scores; or is_correct as 0/1."""
 
     @model_validator(mode="after")
     def _remote_needs_url(self) -> VerifierSettings:

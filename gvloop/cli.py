@@ -80,7 +80,9 @@ def up(
 
     from gvloop.demo import DemoConfig, curve_table
     from gvloop.launcher import ComponentDiedError, ComponentNotReadyError
+    from gvloop.preflight import DataDirLockedError, RunLock, check_ports
     from gvloop.stack import StackPorts, demo_stack, run_stack
+    from services.processes import PortInUseError
 
     common = CommonSettings()
     setup_logging(common.log_level)
@@ -89,12 +91,21 @@ def up(
     started = time.monotonic()
     config = DemoConfig(swaps=swaps, time_budget_s=time_budget, heldout_size=heldout)
     model = model or common.model
+    ports = StackPorts.from_settings()
     env: dict[str, str] = {}
-    if demo:
-        common, model, env = demo_stack(common, model)
     try:
-        curve = run_stack(common, model, StackPorts(), config if demo else None, env=env)
-    except (ComponentDiedError, ComponentNotReadyError) as exc:
+        # before anything starts, and on the data dir given: a demo empties <data_dir>/demo
+        with RunLock(common.data_dir):
+            check_ports(ports)
+            if demo:
+                common, model, env = demo_stack(common, model)
+            curve = run_stack(common, model, ports, config if demo else None, env=env)
+    except (
+        DataDirLockedError,
+        PortInUseError,
+        ComponentDiedError,
+        ComponentNotReadyError,
+    ) as exc:
         typer.echo(f"gvloop up: {exc}", err=True)
         raise typer.Exit(1) from None
     if curve is not None:

@@ -1,11 +1,16 @@
 """Runs the services as local processes: one child per component, each line of its output
 prefixed with its name (and kept in a log file), health waited for in order, and every child's
-process group stopped when one dies or on Ctrl-C, saying which died and why."""
+process group stopped when one dies or on Ctrl-C, saying which died and why.
+
+Each child dies with the launcher, however the launcher dies (a parent-death signal), and a
+health answer counts only when it comes from that child: a stale or foreign server on the same
+port is never taken for it."""
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -15,8 +20,11 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import httpx
+
+from services.processes import INSTANCE_ENV, die_with_parent, in_use_by, serves_port
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +50,10 @@ class ComponentNotReadyError(RuntimeError):
     pass
 
 
+class ForeignServiceError(ComponentNotReadyError):
+    """The health URL answers, but another process than the component serves it."""
+
+
 @dataclass
 class Component:
     name: str
@@ -49,6 +61,10 @@ class Component:
     env: dict[str, str] = field(default_factory=dict)
     health_url: str | None = None
     """Polled until it answers 200; None: ready once started."""
+    identity: Literal["instance", "listener"] = "listener"
+    """How a 200 from health_url is known to come from this child: `instance`, the JSON body's
+    `instance` is the id the launcher passed it in GVLOOP_INSTANCE_ID; `listener`, the port is
+    held by the child or one of its descendants (for servers that cannot echo the id)."""
     ready_timeout_s: float = 600.0
     stop_timeout_s: float = 20.0
     """Grace between SIGTERM and SIGKILL."""
@@ -57,6 +73,7 @@ class Component:
 @dataclass
 class _Running:
     component: Component
+    instance: str
     process: subprocess.Popen[str]
     tail: deque[str]
     pump: threading.Thread
@@ -72,7 +89,8 @@ class Launcher:
 
     def start(self, component: Component) -> None:
         """Start a component; `wait_ready` then waits for its health."""
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **component.env}
+        instance = secrets.token_hex(8)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **component.env, INSTANCE_ENV: instance}
         process = subprocess.Popen(
             component.command,
             env=env,
@@ -83,6 +101,7 @@ class Launcher:
             errors="replace",
             bufsize=1,
             start_new_session=True,  # its own process group, so stopping it stops its children
+            preexec_fn=die_with_parent(),
         )
         tail: deque[str] = deque(maxlen=200)
         self._width = max(self._width, len(component.name))
@@ -90,7 +109,7 @@ class Launcher:
             target=self._pump, args=(component.name, process, tail), daemon=True
         )
         pump.start()
-        self.running.append(_Running(component, process, tail, pump))
+        self.running.append(_Running(component, instance, process, tail, pump))
         logger.info(
             "started %s (pid %d): %s", component.name, process.pid, " ".join(component.command)
         )
@@ -150,6 +169,7 @@ class Launcher:
                 try:
                     response = client.get(component.health_url)
                     if response.status_code == 200:
+                        self._check_identity(run, response)
                         logger.info(
                             "%s healthy after %.1fs", component.name, time.monotonic() - started
                         )
@@ -161,6 +181,27 @@ class Launcher:
         raise ComponentNotReadyError(
             f"{component.name} not healthy at {component.health_url} after "
             f"{component.ready_timeout_s:.0f}s ({cause}); see {self.log_dir / component.name}.log"
+        )
+
+    def _check_identity(self, run: _Running, response: httpx.Response) -> None:
+        """Raise ForeignServiceError unless `response` comes from `run`'s child."""
+        port = response.url.port or 80
+        if run.component.identity == "instance":
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+            answered = body.get("instance") if isinstance(body, dict) else None
+            if answered == run.instance:
+                return
+            whose = f"instance {answered}, not {run.instance}"
+        elif serves_port(run.process.pid, port):
+            return
+        else:
+            whose = f"not pid {run.process.pid} nor its children"
+        raise ForeignServiceError(
+            f"{run.component.name}: {run.component.health_url} answers, but from another "
+            f"server ({whose}): port {port} is in use{in_use_by(port)}"
         )
 
     def _pump(self, name: str, process: subprocess.Popen[str], tail: deque[str]) -> None:

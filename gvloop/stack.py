@@ -39,6 +39,21 @@ class StackPorts(BaseModel):
         """Ports free right now, for a stack beside others (tests, benchmarks)."""
         return cls(**dict(zip(cls.model_fields, free_ports(len(cls.model_fields)), strict=True)))
 
+    @classmethod
+    def from_settings(cls) -> StackPorts:
+        """GVLOOP_ENGINE_PORT, GVLOOP_GENERATOR_PORT, GVLOOP_VERIFIER_PORT and
+        GVLOOP_TRAINER_METRICS_PORT, as each component started alone would read them."""
+        from agent_a.settings import GeneratorSettings
+        from agent_b.settings import VerifierSettings
+        from trainer.settings import TrainerSettings
+
+        return cls(
+            engine=EngineSettings().port,
+            generator=GeneratorSettings().port,
+            verifier=VerifierSettings().port,
+            trainer_metrics=TrainerSettings().metrics_port,
+        )
+
 
 class Tokens(BaseModel):
     """The APIs' bearer tokens (GVLOOP_GENERATOR_API_TOKEN, GVLOOP_VERIFIER_API_TOKEN), handed
@@ -94,6 +109,7 @@ def local_components(
             [*PYTHON_M_GVLOOP, "agent-b", "serve", "--port", str(ports.verifier)],
             shared,
             health_url=f"{local}:{ports.verifier}/health",
+            identity="instance",
         ),
         Component(
             "generator",
@@ -104,6 +120,7 @@ def local_components(
                 "GVLOOP_GENERATOR_VERIFIER_URL": f"{local}:{ports.verifier}",
             },
             health_url=f"{local}:{ports.generator}/health",
+            identity="instance",
         ),
     ]
     if trainer:
@@ -116,7 +133,9 @@ def local_components(
                     "GVLOOP_TRAINER_GENERATOR_URL": f"{local}:{ports.generator}",
                     "GVLOOP_TRAINER_METRICS_PORT": str(ports.trainer_metrics),
                 },
-                health_url=f"{local}:{ports.trainer_metrics}/metrics",
+                health_url=f"{local}:{ports.trainer_metrics}/metrics"
+                if ports.trainer_metrics
+                else None,
                 # on SIGTERM it checkpoints the steps taken since its last checkpoint
                 stop_timeout_s=180,
             )

@@ -22,6 +22,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry as SyncRetry
 
+from services.processes import die_with_parent
+
 logger = logging.getLogger(__name__)
 
 
@@ -91,6 +93,8 @@ class EmbeddedRedis:
             [redis_executable(), str(conf)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            # a process killed hard leaves no Redis behind (SIGTERM: it still flushes its file)
+            preexec_fn=die_with_parent(),
         )
         deadline = time.monotonic() + timeout_s
         while not self.is_running():

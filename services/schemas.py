@@ -56,7 +56,9 @@ VerifyMethod = Literal["auto", "rule", "model"]
 
 
 class VerifyRequest(Strict):
-    problem: Text
+    problem: Text | None = Field(
+        default=None, description="Needed unless method is 'rule': the model judge reads it."
+    )
     solution: Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
     reference_answer: OptionalText
     method: VerifyMethod = Field(
@@ -65,9 +67,16 @@ class VerifyRequest(Strict):
     )
 
     @model_validator(mode="after")
-    def _rule_needs_reference(self) -> VerifyRequest:
+    def _method_has_its_inputs(self) -> VerifyRequest:
         if self.method == "rule" and self.reference_answer is None:
             raise ValueError("method 'rule' needs a reference_answer")
+        # Only the rules score without the problem; whether 'auto' asks the judge is the
+        # server's choice (GVLOOP_VERIFIER_JUDGE_REASONING), so 'auto' needs it too.
+        if self.method != "rule" and self.problem is None:
+            raise ValueError(
+                f"method '{self.method}' needs the problem (the model judge reads it); "
+                "without one, send method 'rule' and a reference_answer"
+            )
         return self
 
 
@@ -227,3 +236,61 @@ class Sample(Strict):
     model: str = Field(min_length=1)
     created_at: datetime = Field(default_factory=utcnow, description="Generation started.")
     verified_at: datetime = Field(default_factory=utcnow)
+
+
+# OpenRLHF -> agent_b: its remote reward model protocol (POST /get_reward)
+
+
+class RewardRequest(Strict):
+    """What OpenRLHF's remote reward client posts: each query is its prompt followed by the
+    response to score; labels are the reference answers (empty: the model judge decides)."""
+
+    # A numeric label column (GSM8K-style answers) arrives as JSON numbers.
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
+
+    query: Annotated[
+        list[Annotated[str, Field(max_length=2 * MAX_TEXT_CHARS)]],
+        Field(min_length=1, max_length=MAX_BATCH),
+    ]
+    prompts: Annotated[
+        list[Annotated[str, Field(max_length=MAX_TEXT_CHARS)]],
+        Field(min_length=1, max_length=MAX_BATCH),
+    ]
+    labels: list[Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | None] | None = None
+
+    @model_validator(mode="after")
+    def _queries_continue_their_prompts(self) -> RewardRequest:
+        for name, values in (("prompts", self.prompts), ("labels", self.labels)):
+            if values is not None and len(values) != len(self.query):
+                raise ValueError(f"{len(self.query)} queries but {len(values)} {name}: one each")
+        for i, (query, prompt) in enumerate(zip(self.query, self.prompts, strict=True)):
+            if not query.startswith(prompt):
+                raise ValueError(
+                    f"query {i} does not start with prompts[{i}]: each query must be its prompt "
+                    "followed by the response"
+                )
+            if len(query) - len(prompt) > MAX_TEXT_CHARS:
+                raise ValueError(f"the response in query {i} is over {MAX_TEXT_CHARS} characters")
+            if not prompt and not (self.labels and self.labels[i]):
+                raise ValueError(
+                    f"query {i} has neither a prompt (the judge reads it) nor a label (the rules)"
+                )
+        return self
+
+
+class RewardLogs(Strict):
+    """Per query. Numbers only: OpenRLHF turns every extra_logs list into a tensor, so how a
+    verdict was decided is one 0/1 column per way."""
+
+    solution_score: list[float]
+    reasoning_score: list[float]
+    is_correct: list[float]
+    decided_by_rule: list[float]
+    decided_by_model: list[float]
+    decided_by_both: list[float]
+
+
+class RewardResponse(Strict):
+    rewards: list[float] = Field(description="GVLOOP_VERIFIER_REWARD_FIELD of each verdict.")
+    scores: list[float] = Field(description="is_correct as 0/1.")
+    extra_logs: RewardLogs

@@ -28,6 +28,7 @@ def run(
     import asyncio
 
     from services.logs import setup_logging
+    from services.processes import exit_if_port_in_use
     from services.settings import CommonSettings
     from trainer.settings import TrainerSettings
     from trainer.train import run as run_worker
@@ -46,6 +47,12 @@ def run(
         "metrics_port": metrics_port,
     }
     cfg = TrainerSettings(**{k: v for k, v in options.items() if v is not None})
+    if cfg.metrics_port:
+        exit_if_port_in_use(
+            cfg.metrics_host,
+            cfg.metrics_port,
+            "choose another port with --metrics-port or GVLOOP_TRAINER_METRICS_PORT",
+        )
     try:
         asyncio.run(run_worker(cfg, common))
     except KeyboardInterrupt:  # Ctrl-C before set-up finished: nothing to commit yet

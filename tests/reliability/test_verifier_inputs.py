@@ -22,6 +22,16 @@ TOKEN = "verifier-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MAX_BODY = 64_000
 VALID = {"problem": "What is 2 + 3?", "solution": "2 + 3 = 5. Answer: 5", "reference_answer": "5"}
+PROMPT = "What is 2 + 3?"
+# Each route, a valid body, and a required string in it for the hostile cases to replace.
+BODIES = {
+    "/verify": (VALID, ("problem",)),
+    "/verify/batch": ({"items": [VALID]}, ("items", 0, "problem")),
+    "/get_reward": (
+        {"query": [PROMPT + " 2 + 3 = 5. Answer: 5"], "prompts": [PROMPT], "labels": ["5"]},
+        ("prompts", 0),
+    ),
+}
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +50,9 @@ def test_fuzz_verifier_no_server_errors(verifier_url: str, figures: Figures) -> 
     assert report.count(200) > 0 and report.count(422) > 0  # both modes reached the handlers
 
 
-@pytest.mark.parametrize("path", ["/verify", "/verify/batch"])
+@pytest.mark.parametrize("path", sorted(BODIES))
 def test_hostile_bodies_get_4xx_with_detail(verifier_url: str, path: str, figures: Figures) -> None:
-    valid = VALID if path == "/verify" else {"items": [VALID]}
-    text_path = ("problem",) if path == "/verify" else ("items", 0, "problem")
+    valid, text_path = BODIES[path]
     statuses = {}
     for case in hostile_bodies(valid, text_path, MAX_BODY):
         response = raw_post(verifier_url, path, case.content, {**AUTH, **case.headers})
@@ -60,7 +69,7 @@ def test_hostile_bodies_get_4xx_with_detail(verifier_url: str, path: str, figure
 def test_requests_without_the_token_get_401(verifier_url: str, figures: Figures) -> None:
     statuses = {}
     for name, headers in auth_cases(TOKEN):
-        for path, body in [("/verify", VALID), ("/verify/batch", {"items": [VALID]})]:
+        for path, (body, _) in BODIES.items():
             response = raw_post(verifier_url, path, json.dumps(body).encode(), {**JSON, **headers})
             statuses[f"{name} {path}"] = response.status
             assert response.status in {401, 431}, (name, path, response.status, response.body)

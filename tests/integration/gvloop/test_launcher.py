@@ -1,11 +1,15 @@
 """The local launcher with real child processes: health waits, prefixed logs, deaths reported,
-every process group stopped."""
+every process group stopped, children gone with a killed launcher, foreign servers refused."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -13,13 +17,45 @@ from gvloop.launcher import (
     Component,
     ComponentDiedError,
     ComponentNotReadyError,
+    ForeignServiceError,
     Launcher,
     free_ports,
 )
+from services.processes import port_holders
 
 
 def http_server(port: int) -> list[str]:
     return [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
+
+
+def instance_server(port: int, instance: str = "os.environ['GVLOOP_INSTANCE_ID']") -> list[str]:
+    """A server answering every GET with {"instance": <the expression `instance`>}."""
+    script = f"""
+import http.server, json, os
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({{"instance": {instance}}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+http.server.HTTPServer(("127.0.0.1", {port}), Handler).serve_forever()
+"""
+    return [sys.executable, "-c", script]
+
+
+@pytest.fixture
+def foreign() -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """Another program's server, not the launcher's child, answering 200 with a JSON body."""
+    port = free_ports(1)[0]
+    server = subprocess.Popen(instance_server(port, "'someone-else'"))
+    deadline = time.monotonic() + 30
+    while not port_holders(port):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    yield port, server
+    server.kill()
+    server.wait()
 
 
 def test_waits_for_health_and_logs_with_prefix(
@@ -93,3 +129,64 @@ def alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"
+
+
+@pytest.mark.parametrize("identity", ["listener", "instance"])
+def test_a_foreign_server_on_the_health_port_is_refused(
+    tmp_path: Path,
+    foreign: tuple[int, subprocess.Popen[bytes]],
+    identity: Literal["listener", "instance"],
+) -> None:
+    port, server = foreign
+    with Launcher(tmp_path, echo=False) as launcher:
+        launcher.start(
+            Component(
+                "web",
+                [sys.executable, "-c", "import time; time.sleep(60)"],
+                health_url=f"http://127.0.0.1:{port}/health",
+                identity=identity,
+            )
+        )
+        with pytest.raises(ForeignServiceError) as refused:
+            launcher.wait_ready()
+    message = str(refused.value)
+    assert message.startswith(f"web: http://127.0.0.1:{port}/health answers, but from another")
+    assert f"port {port} is in use by pid {server.pid}" in message
+    assert f"kill {server.pid}" in message
+
+
+def test_the_instance_id_proves_the_child(tmp_path: Path) -> None:
+    port = free_ports(1)[0]
+    with Launcher(tmp_path, echo=False) as launcher:
+        launcher.start(
+            Component(
+                "web",
+                instance_server(port),
+                health_url=f"http://127.0.0.1:{port}/health",
+                identity="instance",
+            )
+        )
+        launcher.wait_ready()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux's")
+def test_children_die_with_a_killed_launcher(tmp_path: Path) -> None:
+    script = f"""
+import sys, time
+from pathlib import Path
+from gvloop.launcher import Component, Launcher
+launcher = Launcher(Path({str(tmp_path)!r}), echo=False)
+launcher.start(Component("sleeper", [sys.executable, "-c", "import time; time.sleep(120)"]))
+print(launcher.running[0].process.pid, flush=True)
+time.sleep(120)
+"""
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    assert alive(child)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 5
+    while alive(child):
+        assert time.monotonic() < deadline, "the child outlived its launcher"
+        time.sleep(0.1)

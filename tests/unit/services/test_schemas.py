@@ -7,7 +7,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from services.schemas import Feedback, GenerateRequest, Sample, VerifyRequest
+from services.schemas import Feedback, GenerateRequest, RewardRequest, Sample, VerifyRequest
 from tests.utils.samples import make_sample
 
 
@@ -71,6 +71,22 @@ class TestRequests:
         with pytest.raises(ValidationError, match="reference_answer"):
             VerifyRequest(problem="1+1?", solution="2", method="rule")
 
+    def test_rule_method_needs_no_problem(self) -> None:
+        request = VerifyRequest(solution="Answer: 2", reference_answer="2", method="rule")
+        assert request.problem is None
+
+    @pytest.mark.parametrize(
+        "body",
+        [
+            {"solution": "2", "reference_answer": "2"},  # auto: the server may ask the judge
+            {"solution": "2", "reference_answer": "2", "method": "model"},
+            {"solution": "2"},  # auto without a reference: the judge decides
+        ],
+    )
+    def test_the_judge_needs_the_problem(self, body: dict[str, str]) -> None:
+        with pytest.raises(ValidationError, match="needs the problem"):
+            VerifyRequest.model_validate(body)
+
     def test_empty_problem_list_is_rejected(self) -> None:
         with pytest.raises(ValidationError, match="problems"):
             GenerateRequest(problems=[])
@@ -79,3 +95,35 @@ class TestRequests:
         request = GenerateRequest.model_validate({"problems": [{"problem": "1+1?"}]})
         assert request.n == 1 and request.wait
         assert 0 < request.sampling.temperature <= 1
+
+
+class TestRewardRequest:
+    """OpenRLHF's /get_reward body."""
+
+    def test_numeric_labels_become_text(self) -> None:
+        # a numeric label column (GSM8K-style answers) arrives as JSON numbers
+        body = RewardRequest.model_validate(
+            {"query": ["p r", "q s"], "prompts": ["p", "q"], "labels": [42, 0.5]}
+        )
+        assert body.labels == ["42", "0.5"]
+
+    def test_labels_may_be_absent_or_empty(self) -> None:
+        assert RewardRequest(query=["p r"], prompts=["p"]).labels is None
+        assert RewardRequest(query=["p r"], prompts=["p"], labels=[""]).labels == [""]
+
+    @pytest.mark.parametrize(
+        ("body", "message"),
+        [
+            ({"query": ["p r", "q s"], "prompts": ["p"]}, "2 queries but 1 prompts"),
+            ({"query": ["p r"], "prompts": ["p"], "labels": ["1", "2"]}, "1 queries but 2 labels"),
+            ({"query": ["x r"], "prompts": ["p"]}, r"query 0 does not start with prompts\[0\]"),
+            ({"query": ["r"], "prompts": [""], "labels": [""]}, "neither a prompt"),
+            ({"query": ["p" + "r" * 32_001], "prompts": ["p"]}, "response in query 0 is over"),
+            ({"query": [], "prompts": []}, "query"),
+            ({"query": ["p r"] * 257, "prompts": ["p"] * 257}, "query"),  # over the batch limit
+            ({"query": ["p r"], "prompts": ["p"], "extra": 1}, "extra"),
+        ],
+    )
+    def test_bad_bodies_say_why(self, body: dict[str, object], message: str) -> None:
+        with pytest.raises(ValidationError, match=message):
+            RewardRequest.model_validate(body)

@@ -1,0 +1,204 @@
+"""`gvloop up` run as a user runs it, on the tiny model: it refuses to start beside a server on
+one of its ports or beside another run on its data directory, and when it is killed hard every
+process it started goes with it, vLLM's engine core included, so the next run starts cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import psutil
+import pytest
+
+from gvloop.preflight import LOCK_NAME
+from gvloop.stack import StackPorts
+
+READY = "pipeline up"
+
+
+class Up:
+    """A `gvloop up` process; its output is collected as it comes."""
+
+    def __init__(self, model: Path, data_dir: Path, ports: StackPorts) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GVLOOP_")}
+        env |= {
+            "GVLOOP_DATA_DIR": str(data_dir),
+            "GVLOOP_ENGINE_PORT": str(ports.engine),
+            "GVLOOP_GENERATOR_PORT": str(ports.generator),
+            "GVLOOP_VERIFIER_PORT": str(ports.verifier),
+            "GVLOOP_TRAINER_METRICS_PORT": str(ports.trainer_metrics),
+            "GVLOOP_TRAINER_PROGRESS": "off",
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gvloop", "up", "--model", str(model)],
+            env=env,
+            cwd=data_dir.parent,  # no ./.env of the repository
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for(self, text: str, timeout_s: float = 600) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not any(text in line for line in self.lines):
+            code = self.process.poll()
+            assert code is None, f"gvloop up exited with {code}:\n{self.output[-3000:]}"
+            assert time.monotonic() < deadline, f"no {text!r} in {timeout_s}s:\n{self.output}"
+            time.sleep(0.5)
+
+    def finish(self, timeout_s: float = 120) -> int:
+        code = self.process.wait(timeout_s)
+        self._reader.join(5)
+        return code
+
+    def tree(self) -> list[psutil.Process]:
+        """Every process under it now."""
+        return psutil.Process(self.process.pid).children(recursive=True)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.finish()
+
+
+def survivors(processes: list[psutil.Process]) -> list[str]:
+    """The command lines of those still running (a zombie waiting for init is not)."""
+    alive = []
+    for process in processes:
+        try:
+            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                alive.append(f"{process.pid}: {' '.join(process.cmdline())[:150]}")
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def wait_gone(processes: list[psutil.Process], timeout_s: float) -> float:
+    """Seconds until none of `processes` runs; fails naming the survivors at the deadline."""
+    started = time.monotonic()
+    while alive := survivors(processes):
+        assert time.monotonic() - started < timeout_s, "still running:\n" + "\n".join(alive)
+        time.sleep(0.2)
+    return time.monotonic() - started
+
+
+@pytest.fixture
+def up_runs() -> Iterator[list[Up]]:
+    """Start `gvloop up` with `runs.append(Up(...))`; whatever still runs is stopped after."""
+    runs: list[Up] = []
+    yield runs
+    for run in runs:
+        run.stop()
+
+
+class HealthyHandler(BaseHTTPRequestHandler):
+    """A server that is not gvloop's, answering 200 on /health as an engine would."""
+
+    def do_GET(self) -> None:
+        body = json.dumps({"status": "ok"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_refuses_a_port_another_server_answers_on(
+    tiny_model_dir: Path, tmp_path: Path, up_runs: list[Up]
+) -> None:
+    ports = StackPorts.free()
+    foreign = ThreadingHTTPServer(("127.0.0.1", ports.engine), HealthyHandler)
+    threading.Thread(target=foreign.serve_forever, daemon=True).start()
+    try:
+        up_runs.append(up := Up(tiny_model_dir, tmp_path / "data", ports))
+        assert up.finish() == 1
+    finally:
+        foreign.shutdown()
+        foreign.server_close()
+    # one line naming the port, who holds it, and how to get out of the way
+    (error,) = [line for line in up.lines if line.startswith("gvloop up:")]
+    assert f"port {ports.engine} on 127.0.0.1 is already in use by pid {os.getpid()}" in error
+    assert f"kill {os.getpid()}" in error and "GVLOOP_ENGINE_PORT" in error
+    # nothing started: no Redis, no component logs
+    assert not (tmp_path / "data" / "redis").exists()
+    assert not (tmp_path / "data" / "logs").exists()
+
+
+@pytest.mark.slow
+def test_one_run_per_data_directory(
+    tiny_model_dir: Path, tmp_path: Path, up_runs: list[Up]
+) -> None:
+    data_dir = tmp_path / "data"
+    up_runs.append(first := Up(tiny_model_dir, data_dir, StackPorts.free()))
+    lock = data_dir / LOCK_NAME
+    deadline = time.monotonic() + 60
+    while not (lock.exists() and lock.read_text().strip()):
+        assert first.process.poll() is None and time.monotonic() < deadline, first.output
+        time.sleep(0.2)
+    assert lock.read_text().strip() == str(first.process.pid)
+
+    # on other ports, so that the data directory alone stands in its way
+    up_runs.append(second := Up(tiny_model_dir, data_dir, StackPorts.free()))
+    assert second.finish() == 1
+    (error,) = [line for line in second.lines if line.startswith("gvloop up:")]
+    assert f"another gvloop up (pid {first.process.pid}) is running on {data_dir}" in error
+    assert f"kill {first.process.pid}" in error and "GVLOOP_DATA_DIR" in error
+    assert first.process.poll() is None  # the first run goes on
+
+    tree = first.tree()
+    first.process.send_signal(signal.SIGTERM)
+    assert first.finish() in (0, 1, 130)
+    wait_gone(tree, timeout_s=30)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux's")
+def test_sigkill_leaves_nothing_and_the_next_run_starts_cleanly(
+    tiny_model_dir: Path, tmp_path: Path, up_runs: list[Up]
+) -> None:
+    data_dir, ports = tmp_path / "data", StackPorts.free()
+    up_runs.append(first := Up(tiny_model_dir, data_dir, ports))
+    first.wait_for(READY)
+    tree = first.tree()
+    commands = " ".join(" ".join(p.cmdline()) for p in tree)
+    for part in ("redis-server", "agent-a engine", "VLLM::EngineCore", "agent-b serve"):
+        assert part in commands, part
+    assert "agent-a serve" in commands and "trainer run" in commands
+
+    first.process.kill()  # as the out-of-memory killer would
+    first.finish()
+    took = wait_gone(tree, timeout_s=15)
+    print(f"{len(tree)} processes gone {took:.1f}s after SIGKILL")
+
+    up_runs.append(second := Up(tiny_model_dir, data_dir, ports))
+    second.wait_for(READY)
+    assert "already in use" not in second.output
+    tree = second.tree()
+    started = time.monotonic()
+    second.process.send_signal(signal.SIGTERM)
+    second.finish()
+    wait_gone(tree, timeout_s=30)
+    print(f"SIGTERM stopped the second run in {time.monotonic() - started:.1f}s")
