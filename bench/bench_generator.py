@@ -21,7 +21,7 @@ import httpx
 import typer
 
 from gvloop.launcher import Launcher
-from gvloop.problems import BUILTIN_TRAIN, load_problems
+from gvloop.problems import PROBLEM_SETS, load_problems
 from gvloop.stack import StackPorts, local_components
 from services.clients import GeneratorClient
 from services.model_files import resolve_model
@@ -91,7 +91,7 @@ def main(
 ) -> None:
     common = CommonSettings()
     model_dir = resolve_model(model, common.data_dir)
-    batch = load_problems(BUILTIN_TRAIN, limit=problems)
+    batch = load_problems(PROBLEM_SETS["words"].train, limit=problems)
     sampling = SamplingParams(temperature=0.8, max_tokens=max_tokens, seed=0)
     ports = StackPorts.free()
     env = {"GVLOOP_ENGINE_KV_CACHE_GIB": str(kv_cache_gib), "GVLOOP_MAX_BACKLOG": "100000"}

@@ -27,7 +27,7 @@ import httpx
 import typer
 
 from gvloop.launcher import Component, Launcher
-from gvloop.problems import BUILTIN_TRAIN, load_problems
+from gvloop.problems import PROBLEM_SETS, load_problems
 from gvloop.stack import StackPorts, local_components
 from services.logs import setup_logging
 from services.model_files import DEFAULT_MODEL, prepare_default_model
@@ -182,7 +182,7 @@ def main(
             "n": 2,
             "sampling": {"max_tokens": max_tokens, "temperature": 0.8},
         }
-        for p in load_problems(BUILTIN_TRAIN, limit=64)
+        for p in load_problems(PROBLEM_SETS["words"].train, limit=64)
     ]
     data_dir = Path(tempfile.mkdtemp(prefix="gvloop-bench-load-"))
     ports = StackPorts.free()

@@ -21,7 +21,7 @@ import httpx
 import typer
 
 from gvloop.launcher import Component, Launcher, free_ports
-from gvloop.problems import BUILTIN_TRAIN, load_problems
+from gvloop.problems import PROBLEM_SETS, load_problems
 from services.clients import VerifierClient
 from services.model_files import resolve_model
 from services.schemas import VerifyRequest
@@ -54,7 +54,7 @@ WORKLOADS = {  # name: (reference answer given, method); the server asks about s
 def workload(count: int, with_reference: bool, method: str) -> list[VerifyRequest]:
     """Problems of the built-in set with worked solutions, every third one wrong."""
     requests = []
-    for i, problem in enumerate(load_problems(BUILTIN_TRAIN, limit=count)):
+    for i, problem in enumerate(load_problems(PROBLEM_SETS["words"].train, limit=count)):
         answer = int(problem.reference_answer or 0) + (1 if i % 3 == 0 else 0)
         solution = f"Let me work it out step by step. So the total is {answer}. Answer: {answer}"
         reference = problem.reference_answer if with_reference else None

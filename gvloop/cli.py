@@ -73,6 +73,9 @@ def up(
         float, typer.Option(help="Demo: seconds of training after the first evaluation.")
     ] = 900,
     heldout: Annotated[int, typer.Option(help="Demo: held-out problems.")] = 100,
+    problems: Annotated[
+        str, typer.Option(help="Demo: problem set, addition or words (gvloop/problems.py).")
+    ] = "addition",
 ) -> None:
     """Run the whole pipeline locally (embedded Redis, vLLM, verifier, generator, trainer)."""
     import signal
@@ -81,6 +84,7 @@ def up(
     from gvloop.demo import DemoConfig, curve_table
     from gvloop.launcher import ComponentDiedError, ComponentNotReadyError
     from gvloop.preflight import DataDirLockedError, RunLock, check_ports
+    from gvloop.problems import PROBLEM_SETS
     from gvloop.stack import StackPorts, demo_stack, run_stack
     from services.processes import PortInUseError
 
@@ -89,7 +93,16 @@ def up(
     # SIGTERM (a service manager, `kill`) stops the children as Ctrl-C does, not orphans them
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     started = time.monotonic()
-    config = DemoConfig(swaps=swaps, time_budget_s=time_budget, heldout_size=heldout)
+    if problems not in PROBLEM_SETS:
+        typer.echo(f"gvloop up: --problems must be one of {sorted(PROBLEM_SETS)}", err=True)
+        raise typer.Exit(2)
+    config = DemoConfig(
+        train_file=PROBLEM_SETS[problems].train,
+        heldout_file=PROBLEM_SETS[problems].heldout,
+        swaps=swaps,
+        time_budget_s=time_budget,
+        heldout_size=heldout,
+    )
     model = model or common.model
     ports = StackPorts.from_settings()
     env: dict[str, str] = {}

@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 from pydantic import BaseModel, Field
 
-from gvloop.problems import BUILTIN_HELDOUT, BUILTIN_TRAIN, load_problems
+from gvloop.problems import PROBLEM_SETS, load_problems
 from services.clients import (
     GeneratorClient,
     ServiceError,
@@ -43,9 +43,16 @@ from services.schemas import (
 logger = logging.getLogger(__name__)
 
 
+# The trainer recipe the learning benchmark chose (bench/bench_learning.py; README, "The
+# demo's recipe"): the seed's loss with the reward term weighted up, lambda1 = 10, so a right
+# sample's likelihood term weighs 11 against a wrong one's 1, and a step twice the default.
+# A variable set in the environment (or .env) wins.
+DEMO_RECIPE = {"GVLOOP_TRAINER_LAMBDA1": "10", "GVLOOP_TRAINER_LR": "2e-5"}
+
+
 class DemoConfig(BaseModel):
-    train_file: Path = BUILTIN_TRAIN
-    heldout_file: Path = BUILTIN_HELDOUT
+    train_file: Path = PROBLEM_SETS["addition"].train
+    heldout_file: Path = PROBLEM_SETS["addition"].heldout
     heldout_size: int = Field(default=100, ge=1)
     problems_per_request: int = Field(default=16, ge=1)
     samples_per_problem: int = Field(default=4, ge=1)

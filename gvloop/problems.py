@@ -1,17 +1,35 @@
 """Problem sets: JSONL files of `{"problem", "answer"}`, or GSM8K's `{"question", "answer"}`
-whose answer ends in `#### N`. The built-in set is templated arithmetic word problems."""
+whose answer ends in `#### N`. Two sets are built in, each a training file and a disjoint
+held-out file drawn from the same distribution:
+
+- `addition`: "What is a + b?" for a, b in 1..20 (400 pairs shuffled with a fixed seed, 100
+  held out). The default model answers about 40% greedily and a third of its samples right:
+  at the edge of its ability, where it learns within minutes on a CPU. The demo's set.
+- `words`: templated arithmetic word problems (+, -, x, /, two-digit numbers). The default
+  model answers about 20% and only a few percent of its samples are right: the harder case.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 from pydantic import BaseModel, ValidationError
 
 from services.schemas import ProblemIn
 
 DATA_DIR = Path(__file__).parent / "data"
-BUILTIN_TRAIN = DATA_DIR / "arithmetic_train.jsonl"
-BUILTIN_HELDOUT = DATA_DIR / "arithmetic_heldout.jsonl"
+
+
+class ProblemSet(NamedTuple):
+    train: Path
+    heldout: Path
+
+
+PROBLEM_SETS = {
+    "addition": ProblemSet(DATA_DIR / "addition_train.jsonl", DATA_DIR / "addition_heldout.jsonl"),
+    "words": ProblemSet(DATA_DIR / "arithmetic_train.jsonl", DATA_DIR / "arithmetic_heldout.jsonl"),
+}
 
 
 class ProblemFileError(ValueError):

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from agent_a.settings import EngineSettings
 from agent_a.vllm_command import engine_command
-from gvloop.demo import Demo, DemoConfig, EvalPoint
+from gvloop.demo import DEMO_RECIPE, Demo, DemoConfig, EvalPoint
 from gvloop.launcher import Component, ComponentDiedError, Launcher, free_ports
 from services.model_files import DEFAULT_MODEL, prepare_default_model
 from services.redis_server import ensure_redis
@@ -178,8 +178,12 @@ def demo_stack(common: CommonSettings, model: str) -> tuple[CommonSettings, str,
     would resume from; prepared models stay where they are. And unless GVLOOP_MAX_BACKLOG is
     set, the queue holds two trainer batches: generating further ahead of the trainer only
     makes stale samples, on the CPU the trainer needs, so the feeders get 429s beyond that.
+    The trainer takes the demo's recipe, except where a GVLOOP_TRAINER_* variable says
+    otherwise.
     """
     from trainer.settings import TrainerSettings
+
+    trainer = TrainerSettings()
 
     if model == DEFAULT_MODEL:
         model = str(prepare_default_model(common.data_dir))
@@ -187,7 +191,10 @@ def demo_stack(common: CommonSettings, model: str) -> tuple[CommonSettings, str,
     shutil.rmtree(demo_dir, ignore_errors=True)
     env = {"GVLOOP_CHECKPOINT_DIR": str(demo_dir / "checkpoints")}
     if "max_backlog" not in common.model_fields_set:
-        env["GVLOOP_MAX_BACKLOG"] = str(2 * TrainerSettings().batch_size)
+        env["GVLOOP_MAX_BACKLOG"] = str(2 * trainer.batch_size)
+    for name, value in DEMO_RECIPE.items():
+        if name.removeprefix("GVLOOP_TRAINER_").lower() not in trainer.model_fields_set:
+            env[name] = value
     return common.model_copy(update={"data_dir": demo_dir, "checkpoint_dir": None}), model, env
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gvloop.problems import BUILTIN_TRAIN, load_problems
+from gvloop.problems import PROBLEM_SETS, load_problems
 from services.clients import GeneratorClient
 from services.schemas import GenerateRequest, SamplingParams
 from tests.utils.pipeline import LocalStack, eventually, local_stack, stream_samples
@@ -35,7 +35,7 @@ def stack(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 async def test_problems_in_samples_trained_weights_swapped(stack: LocalStack) -> None:
-    problems = load_problems(BUILTIN_TRAIN, limit=8)
+    problems = load_problems(PROBLEM_SETS["words"].train, limit=8)
     async with GeneratorClient(stack.url("generator"), timeout_s=300) as client:
         assert (await client.weights()).version == 0
         first = await client.generate(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gvloop.problems import BUILTIN_HELDOUT, BUILTIN_TRAIN, ProblemFileError, load_problems
+from gvloop.problems import PROBLEM_SETS, ProblemFileError, load_problems
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -15,9 +15,10 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_builtin_sets_load_and_do_not_overlap() -> None:
-    train, heldout = load_problems(BUILTIN_TRAIN), load_problems(BUILTIN_HELDOUT)
-    assert len(train) >= 500 and len(heldout) >= 50
+@pytest.mark.parametrize("name", sorted(PROBLEM_SETS))
+def test_builtin_sets_load_and_do_not_overlap(name: str) -> None:
+    train, heldout = (load_problems(path) for path in PROBLEM_SETS[name])
+    assert len(train) >= 300 and len(heldout) >= 100
     assert not {p.problem for p in train} & {p.problem for p in heldout}
     assert all(p.reference_answer and p.reference_answer.lstrip("-").isdigit() for p in heldout)
 
@@ -50,4 +51,4 @@ def test_errors_name_file_and_line(tmp_path: Path, text: str, message: str) -> N
 
 
 def test_limit(tmp_path: Path) -> None:
-    assert len(load_problems(BUILTIN_TRAIN, limit=7)) == 7
+    assert len(load_problems(PROBLEM_SETS["words"].train, limit=7)) == 7
