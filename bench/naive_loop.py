@@ -1,0 +1,484 @@
+"""The naive loop: generate, verify and train one after the other, in one process.
+
+The baseline half of the learning benchmark. One step is:
+
+    1. sample `samples_per_problem` completions for each of `problems_per_step` training
+       problems with HF `generate` (temperature sampling, `max_new_tokens`),
+    2. grade them with the verifier's rules (`agent_b.rules`: final answer vs reference),
+    3. one AdamW step on the seed's feedback-augmented loss (`trainer.loss`) over all of them
+       (gradients accumulated over micro-batches, clipped to norm 1).
+
+Every `eval_every` steps the held-out set is answered greedily and graded the same way; the
+fraction of distinct final answers among `diversity_samples` sampled answers per problem is
+reported beside it. Each point carries optimizer steps, samples trained on and wall time, both
+with and without the time spent evaluating (the evaluation would not hold a pipeline back).
+
+The feedback S for a sample comes from one of two rules (`--score`):
+- `c`:        solution_score = reasoning_score = is_correct, so S = C.
+- `no-opinion`: what the seed verifier's rule path sent (agent_b/scoring.py has since replaced
+              the 0.5 by the outcome): solution_score = C and reasoning_score from the
+              arithmetic the solution writes out, 0.5 ("no opinion") when it writes none; a
+              wrong final answer with no checkable step then gets S = 0.25 (0.125 when it
+              writes one wrong "a + b = c"), a right one S = 0.75.
+
+The defaults are the recipe that learnt fastest on 2 CPU cores: the built-in `addition` set,
+16 problems x 4 samples at temperature 0.8, lr 2e-5, lambda1 10, lambda2 1, S = C.
+
+    python bench/naive_loop.py --time-budget-s 600 --log /tmp/learn/a.jsonl
+    python bench/naive_loop.py --task words --lambda1 2 --lr 1e-5   # the issue's word-problem row
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from agent_b.rules import (
+    as_integer,
+    check_arithmetic,
+    extract_answer,
+    normalize_answer,
+)
+from gvloop.problems import PROBLEM_SETS, load_problems
+from trainer.loss import feedback_augmented_loss
+
+DEFAULT_MODEL = Path.home() / ".cache/gvloop/models/SmolLM2-135M-Instruct"
+NO_OPINION = 0.5  # the verifier's reasoning score when it has nothing to check
+INSTRUCTION = "Reply with 'Answer: N'."
+
+
+@dataclass
+class NaiveConfig:
+    model: str = str(DEFAULT_MODEL)
+    task: str = "addition"
+    """A built-in set of gvloop/data (addition, words), a generated one: add2 (a + b, two-digit),
+    add20 (a + b, 1 to 20: the same files as addition), addsub (a + b or a - b, two-digit,
+    a >= b), or 'TRAIN.jsonl,HELDOUT.jsonl'."""
+    data_dir: str = str(Path(tempfile.gettempdir()) / "gvloop-naive-tasks")
+    """Where generated tasks are written as JSONL (then read back with load_problems)."""
+    heldout: int = 100
+    """Held-out problems evaluated (generated tasks: also how many are set aside)."""
+    seed: int = 0
+    # sampling
+    problems_per_step: int = 16
+    samples_per_problem: int = 4
+    temperature: float = 0.8
+    max_new_tokens: int = 48
+    eval_max_tokens: int = 48
+    system_prompt: str = ""
+    """Empty: none sent, so the chat template's default system prompt applies (as in the
+    pipeline, which sends only the user message)."""
+    # loss and optimizer
+    score: Literal["c", "no-opinion"] = "c"
+    lambda1: float = 10.0
+    lambda2: float = 1.0
+    lr: float = 2e-5
+    micro_batch_size: int = 16
+    max_grad_norm: float = 1.0
+    # budget and evaluation
+    max_steps: int = 1000
+    time_budget_s: float = 600.0
+    """Training wall time (generation + grading + steps, evaluation excluded)."""
+    eval_every: int = 2
+    diversity_problems: int = 25
+    """Held-out problems (the first ones) on which diversity is measured; 0: none."""
+    diversity_samples: int = 4
+    eval_batch_size: int = 100
+    threads: int = 0
+    """torch threads; 0: torch's default."""
+    log: str = ""
+    """JSONL of every step and eval point; empty: none."""
+
+
+@dataclass
+class Problem:
+    prompt: str
+    answer: str
+
+
+@dataclass
+class CurvePoint:
+    step: int
+    samples: int  # samples trained on so far
+    train_s: float  # wall time of generation + grading + training so far
+    wall_s: float  # the same plus evaluation
+    accuracy: float  # held-out, greedy
+    n: int
+    stderr: float
+    distinct: float | None  # mean fraction of distinct final answers per problem
+    cut: float  # fraction of greedy answers cut at eval_max_tokens with no 'Answer' in them
+    sampled_accuracy: float | None  # training samples correct in the last eval_every steps
+
+
+# ----------------------------------------------------------------------------- tasks
+
+
+def make_task(cfg: NaiveConfig) -> tuple[list[Problem], list[Problem]]:
+    """Training and held-out problems. Generated tasks are drawn with a fixed seed from all
+    operand pairs; the held-out set is set aside first, so it is disjoint and of the same
+    distribution."""
+    if cfg.task in PROBLEM_SETS:  # built in: addition (= add20), words
+        train_path, heldout_path = PROBLEM_SETS[cfg.task]
+    elif "," in cfg.task:
+        train_path, heldout_path = (Path(p) for p in cfg.task.split(","))
+    else:
+        train_path, heldout_path = write_generated_task(cfg.task, cfg.heldout, cfg.data_dir)
+
+    def read(path: Path, limit: int | None) -> list[Problem]:
+        return [Problem(p.problem, p.reference_answer) for p in load_problems(path, limit)]
+
+    return read(train_path, None), read(heldout_path, cfg.heldout)
+
+
+def write_generated_task(task: str, heldout: int, data_dir: str) -> tuple[Path, Path]:
+    operands = range(1, 21) if task == "add20" else range(10, 100)
+    rows = []
+    for a in operands:
+        for b in operands:
+            if task in ("add2", "add20", "addsub"):
+                rows.append((f"What is {a} + {b}? {INSTRUCTION}", a + b))
+            if task == "addsub" and a >= b:
+                rows.append((f"What is {a} - {b}? {INSTRUCTION}", a - b))
+    if not rows:
+        raise ValueError(f"unknown task {task!r}")
+    random.Random(1234).shuffle(rows)  # fixed, whatever the run's seed
+    out = Path(data_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = out / f"{task}_train.jsonl", out / f"{task}_heldout.jsonl"
+    for path, part in zip(paths, (rows[heldout:], rows[:heldout]), strict=True):
+        lines = (json.dumps({"problem": q, "answer": str(n)}) for q, n in part)
+        path.write_text("\n".join(lines) + "\n")
+    return paths
+
+
+def grade(text: str, reference: str) -> tuple[bool, str | None]:
+    """(correct, extracted answer) by the verifier's rules; integer answers compared as ints."""
+    answer = extract_answer(text)
+    if answer is None:
+        return False, None
+    got, want = as_integer(answer), as_integer(reference)
+    if got is not None and want is not None:
+        return got == want, str(got)
+    return normalize_answer(answer) == normalize_answer(reference), normalize_answer(answer)
+
+
+def feedback(text: str, correct: bool, rule: str) -> tuple[float, float]:
+    """(solution_score, reasoning_score) for a sample."""
+    if rule == "c":
+        return float(correct), float(correct)
+    if rule != "no-opinion":
+        raise ValueError(f"unknown score rule {rule!r}")
+    arithmetic = check_arithmetic(text)  # the verifier's rule path, judge not asked
+    if arithmetic.fraction is None:
+        return float(correct), NO_OPINION
+    w = arithmetic.checked / (arithmetic.checked + 1)
+    return float(correct), w * arithmetic.fraction + (1 - w) * NO_OPINION
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+@dataclass
+class Completion:
+    prompt_ids: list[int]
+    completion_ids: list[int]  # up to and including the end-of-turn token, when reached
+    text: str
+    finished: bool  # ended with the end-of-turn token within the budget
+
+
+def prompt_ids(tok: PreTrainedTokenizerBase, problem: Problem, system_prompt: str) -> list[int]:
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages = [*system, {"role": "user", "content": problem.prompt}]
+    text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return tok(text, add_special_tokens=False).input_ids
+
+
+@torch.no_grad()
+def generate(
+    model: torch.nn.Module,
+    tok: PreTrainedTokenizerBase,
+    prompts: list[list[int]],
+    n: int,
+    temperature: float,
+    max_new_tokens: int,
+) -> list[list[Completion]]:
+    """n completions per prompt (greedy when temperature is 0), left-padded into one batch."""
+    model.eval()
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    width = max(len(p) for p in prompts)
+    input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
+    out = model.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        max_new_tokens=max_new_tokens,
+        num_return_sequences=n,
+        pad_token_id=pad,
+        eos_token_id=eos,
+        **(sampling if temperature > 0 else dict(do_sample=False)),
+    )  # (len(prompts) * n, width + new)
+    results: list[list[Completion]] = []
+    for i, prompt in enumerate(prompts):
+        group = []
+        for row in out[i * n : (i + 1) * n, width:].tolist():
+            finished = eos in row
+            ids = row[: row.index(eos) + 1] if finished else row
+            text = tok.decode(ids, skip_special_tokens=True)
+            group.append(Completion(prompt, ids, text, finished))
+        results.append(group)
+    return results
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    samples: list[Completion],
+    scores: list[tuple[float, float, bool]],
+    cfg: NaiveConfig,
+    pad: int,
+) -> dict[str, float]:
+    """One AdamW step on the feedback-augmented loss of all samples (mean over samples)."""
+    model.train()
+    n = len(samples)
+    parts = torch.zeros(3)
+    for start in range(0, n, cfg.micro_batch_size):
+        micro = samples[start : start + cfg.micro_batch_size]
+        seqs = [s.prompt_ids + s.completion_ids for s in micro]
+        length = max(len(s) for s in seqs)
+        input_ids = torch.full((len(micro), length), pad)
+        attention_mask = torch.zeros((len(micro), length), dtype=torch.long)
+        loss_mask = torch.zeros((len(micro), length))
+        for row, (sample, seq) in enumerate(zip(micro, seqs, strict=True)):
+            input_ids[row, : len(seq)] = torch.tensor(seq)
+            attention_mask[row, : len(seq)] = 1
+            # position t predicts token t+1: the completion tokens are the targets from the
+            # last prompt position on
+            loss_mask[row, len(sample.prompt_ids) - 1 : len(seq) - 1] = 1
+        target_ids = torch.cat([input_ids[:, 1:], input_ids.new_full((len(micro), 1), pad)], 1)
+        sol, reas, correct = (
+            torch.tensor(col, dtype=torch.float32)
+            for col in zip(*scores[start : start + len(micro)], strict=True)
+        )
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        out = feedback_augmented_loss(
+            logits, target_ids, loss_mask, sol, reas, correct, cfg.lambda1, cfg.lambda2
+        )
+        (out.loss * len(micro) / n).backward()
+        parts += torch.stack([out.ce.sum(), out.reward.sum(), out.penalty.sum()]).detach()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    ce, reward, penalty = (parts / n).tolist()
+    return dict(ce=ce, reward=reward, penalty=penalty, grad_norm=float(grad_norm))
+
+
+def imitation_share(scores: list[tuple[float, float, bool]], lambda1: float) -> float:
+    """Share of the loss' weight on log p(sample) (1 from CE + lambda1 * S) that falls on wrong
+    samples: how much of the step imitates wrong answers."""
+    weight = [(1 + lambda1 * (s + r) / 2, c) for s, r, c in scores]
+    return sum(w for w, c in weight if not c) / sum(w for w, _ in weight)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate(
+    model: torch.nn.Module,
+    tok: PreTrainedTokenizerBase,
+    heldout: list[Problem],
+    cfg: NaiveConfig,
+) -> tuple[float, float, float | None, float, list[str]]:
+    """(accuracy, its standard error, distinct-answer fraction, cut fraction, the greedy
+    answers) on `heldout`."""
+    prompts = [prompt_ids(tok, p, cfg.system_prompt) for p in heldout]
+    correct, cut, texts = [], [], []
+    for start in range(0, len(prompts), cfg.eval_batch_size):
+        batch = generate(
+            model, tok, prompts[start : start + cfg.eval_batch_size], 1, 0.0, cfg.eval_max_tokens
+        )
+        for problem, (c,) in zip(heldout[start:], batch, strict=False):
+            correct.append(grade(c.text, problem.answer)[0])
+            texts.append(c.text)
+            cut.append(not c.finished and "answer" not in c.text.lower())
+    acc = sum(correct) / len(correct)
+    stderr = math.sqrt(acc * (1 - acc) / len(correct))
+    distinct = None
+    if cfg.diversity_problems and cfg.diversity_samples:
+        fractions = []
+        k = cfg.diversity_samples
+        subset = prompts[: cfg.diversity_problems]
+        per_batch = max(1, cfg.eval_batch_size // k)
+        for start in range(0, len(subset), per_batch):
+            groups = generate(
+                model,
+                tok,
+                subset[start : start + per_batch],
+                k,
+                cfg.temperature,
+                cfg.eval_max_tokens,
+            )
+            for problem, group in zip(heldout[start:], groups, strict=False):
+                answers = {grade(c.text, problem.answer)[1] for c in group}
+                fractions.append(len(answers) / k)
+        distinct = sum(fractions) / len(fractions)
+    return acc, stderr, distinct, sum(cut) / len(cut), texts
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def run_naive(cfg: NaiveConfig) -> list[CurvePoint]:
+    """Train from the model's weights by the naive loop; the held-out curve."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    log = open(cfg.log, "a") if cfg.log else None
+
+    def emit(kind: str, row: dict) -> None:
+        print(
+            kind,
+            " ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+            ),
+            flush=True,
+        )
+        if log:
+            log.write(json.dumps({"kind": kind, **row}) + "\n")
+            log.flush()
+
+    emit("config", dataclasses.asdict(cfg))
+    train, heldout = make_task(cfg)
+    tok = AutoTokenizer.from_pretrained(cfg.model)
+    model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0
+    )
+    order = random.Random(cfg.seed).sample(train, len(train))
+    started = time.monotonic()
+    eval_s = 0.0
+    step = samples = 0
+    window: list[bool] = []  # correctness of training samples since the last eval point
+    curve: list[CurvePoint] = []
+
+    def point() -> None:
+        nonlocal eval_s
+        t0 = time.monotonic()
+        acc, stderr, distinct, cut, texts = evaluate(model, tok, heldout, cfg)
+        eval_s += time.monotonic() - t0
+        wall = time.monotonic() - started
+        sampled = sum(window) / len(window) if window else None
+        curve.append(
+            CurvePoint(
+                step,
+                samples,
+                wall - eval_s,
+                wall,
+                acc,
+                len(heldout),
+                stderr,
+                distinct,
+                cut,
+                sampled,
+            )
+        )
+        window.clear()
+        emit("eval", dataclasses.asdict(curve[-1]))
+        if log:  # the first greedy answers, to see what is being learnt
+            log.write(json.dumps({"kind": "examples", "step": step, "texts": texts[:8]}) + "\n")
+
+    point()
+    while step < cfg.max_steps and time.monotonic() - started - eval_s < cfg.time_budget_s:
+        t0 = time.monotonic()
+        start = step * cfg.problems_per_step
+        problems = [order[(start + i) % len(order)] for i in range(cfg.problems_per_step)]
+        prompts = [prompt_ids(tok, p, cfg.system_prompt) for p in problems]
+        groups = generate(
+            model, tok, prompts, cfg.samples_per_problem, cfg.temperature, cfg.max_new_tokens
+        )
+        t1 = time.monotonic()
+        batch, scores = [], []
+        per_problem = []
+        for problem, group in zip(problems, groups, strict=True):
+            right = 0
+            for c in group:
+                ok, _ = grade(c.text, problem.answer)
+                batch.append(c)
+                scores.append((*feedback(c.text, ok, cfg.score), ok))
+                right += ok
+            per_problem.append(right)
+        stats = train_step(model, optimizer, batch, scores, cfg, tok.pad_token_id)
+        step += 1
+        samples += len(batch)
+        correct = [c for _, _, c in scores]
+        window += correct
+        emit(
+            "step",
+            dict(
+                step=step,
+                samples=samples,
+                train_s=time.monotonic() - started - eval_s,
+                gen_s=t1 - t0,
+                opt_s=time.monotonic() - t1,
+                sampled_accuracy=sum(correct) / len(correct),
+                # problems whose samples all agree carry no contrast between good and bad
+                all_wrong=sum(r == 0 for r in per_problem) / len(per_problem),
+                all_right=sum(r == cfg.samples_per_problem for r in per_problem) / len(per_problem),
+                mean_s=sum((s + r) / 2 for s, r, _ in scores) / len(scores),
+                cut=sum(not c.finished for c in batch) / len(batch),
+                cut_no_answer=sum(not c.finished and "answer" not in c.text.lower() for c in batch)
+                / len(batch),
+                completion_tokens=sum(len(c.completion_ids) for c in batch),
+                imitation_share=imitation_share(scores, cfg.lambda1),
+                **stats,
+            ),
+        )
+        if step % cfg.eval_every == 0:
+            point()
+    if not curve or curve[-1].step != step:
+        point()
+    if log:
+        log.close()
+    return curve
+
+
+def parse_args(argv: list[str] | None = None) -> NaiveConfig:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    for f in dataclasses.fields(NaiveConfig):
+        kind = {"int": int, "float": float}.get(str(f.type), str)  # Literal[...] stays a str
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default)
+    return NaiveConfig(**vars(parser.parse_args(argv)))
+
+
+def main() -> None:
+    curve = run_naive(parse_args())
+    print(
+        f"\n{'step':>5} {'samples':>8} {'train s':>8} {'wall s':>8} {'acc %':>7} {'+-':>5} "
+        f"{'distinct':>8} {'cut':>5} {'sampled':>8}"
+    )
+    for p in curve:
+        sampled = "-" if p.sampled_accuracy is None else f"{p.sampled_accuracy:.3f}"
+        distinct = "-" if p.distinct is None else f"{p.distinct:.2f}"
+        print(
+            f"{p.step:>5} {p.samples:>8} {p.train_s:>8.0f} {p.wall_s:>8.0f} "
+            f"{100 * p.accuracy:>7.1f} {100 * p.stderr:>5.1f} {distinct:>8} {p.cut:>5.2f} "
+            f"{sampled:>8}"
+        )
+
+
+if __name__ == "__main__":
+    main()
