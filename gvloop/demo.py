@@ -44,10 +44,15 @@ logger = logging.getLogger(__name__)
 
 
 # The trainer recipe the learning benchmark chose (bench/bench_learning.py; README, "The
-# demo's recipe"): the seed's loss with the reward term weighted up, lambda1 = 10, so a right
-# sample's likelihood term weighs 11 against a wrong one's 1, and a step twice the default.
-# A variable set in the environment (or .env) wins.
-DEMO_RECIPE = {"GVLOOP_TRAINER_LAMBDA1": "10", "GVLOOP_TRAINER_LR": "2e-5"}
+# demo's task and recipe"): the seed's loss with the reward term weighted up, lambda1 = 10, so
+# a right sample's likelihood term weighs 11 against a wrong one's 1; a step twice the
+# default; and no training on problems none of whose samples was right, whose only gradient
+# is imitating wrong answers. A variable set in the environment (or .env) wins.
+DEMO_RECIPE = {
+    "GVLOOP_TRAINER_LAMBDA1": "10",
+    "GVLOOP_TRAINER_LR": "2e-5",
+    "GVLOOP_TRAINER_SKIP_GROUPS": "all_wrong",
+}
 
 
 class DemoConfig(BaseModel):
