@@ -7,6 +7,7 @@ is in the `test` extra."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +35,17 @@ async def verify_batch(server: Server, items: list[VerifyRequest]) -> list[float
     async with VerifierClient(server.url, server.token) as client:
         answer = await client.verify_batch(VerifyBatchRequest(items=items))
     return [v.combined for v in answer.data]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def restore_environment() -> Iterator[None]:
+    """verl, TRL and ray write to os.environ when imported (VLLM_LOGGING_LEVEL=ERROR, RAY_*,
+    ...), which every process a later test starts would inherit: vLLM would then log no
+    pause, which tests of the hot swap watch for."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.fixture(scope="module")
