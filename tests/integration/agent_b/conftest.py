@@ -4,10 +4,11 @@ bearer token, reached over real HTTP."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from gvloop.launcher import Component, Launcher, free_ports
@@ -39,3 +40,11 @@ def verifier_server(
         launcher.start(Component("verifier", command, env, f"{url}/health", ready_timeout_s=300))
         launcher.wait_ready()
         yield Server(url, TOKEN)
+
+
+@pytest.fixture
+async def http(verifier_server: Server) -> AsyncIterator[httpx.AsyncClient]:
+    """Raw HTTP to the verifier, with its token: for what the typed client cannot send."""
+    headers = {"Authorization": f"Bearer {verifier_server.token}"}
+    async with httpx.AsyncClient(base_url=verifier_server.url, headers=headers, timeout=60) as http:
+        yield http

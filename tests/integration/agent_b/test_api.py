@@ -22,13 +22,6 @@ async def client(verifier_server: Server) -> AsyncIterator[VerifierClient]:
         yield client
 
 
-@pytest.fixture
-async def http(verifier_server: Server) -> AsyncIterator[httpx.AsyncClient]:
-    headers = {"Authorization": f"Bearer {verifier_server.token}"}
-    async with httpx.AsyncClient(base_url=verifier_server.url, headers=headers, timeout=60) as http:
-        yield http
-
-
 async def test_health_names_the_model(http: httpx.AsyncClient) -> None:
     response = await http.get("/health")
     assert response.status_code == 200

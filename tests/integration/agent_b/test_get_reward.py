@@ -4,7 +4,6 @@ problem under method 'rule'."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -20,13 +19,6 @@ from tests.integration.agent_b.conftest import Server
 PROMPTS = ["<user>What is 17 + 90?<assistant>", "<user>What is 6 x 7?<assistant>"]
 RESPONSES = ["17 + 90 = 107. Answer: 107", "6 x 7 = 41. Answer: 41"]
 BODY = {"query": [p + r for p, r in zip(PROMPTS, RESPONSES, strict=True)], "prompts": PROMPTS}
-
-
-@pytest.fixture
-async def http(verifier_server: Server) -> AsyncIterator[httpx.AsyncClient]:
-    headers = {"Authorization": f"Bearer {verifier_server.token}"}
-    async with httpx.AsyncClient(base_url=verifier_server.url, headers=headers, timeout=60) as http:
-        yield http
 
 
 async def test_rewards_are_the_verdicts_of_verify_batch(http: httpx.AsyncClient) -> None:
