@@ -54,7 +54,7 @@ from gvloop.problems import PROBLEM_SETS, load_problems
 from trainer.loss import feedback_augmented_loss
 
 DEFAULT_MODEL = Path.home() / ".cache/gvloop/models/SmolLM2-135M-Instruct"
-NO_OPINION = 0.5  # the verifier's reasoning score when it has nothing to check
+NO_OPINION = 0.5  # the seed verifier's reasoning score when it had nothing to check
 INSTRUCTION = "Reply with 'Answer: N'."
 
 
