@@ -109,7 +109,16 @@ class SamplingParams(Strict):
     temperature: float = Field(default=0.8, ge=0.0, le=2.0, allow_inf_nan=False)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, allow_inf_nan=False)
     max_tokens: int = Field(default=256, ge=1, le=4096)
+    min_tokens: int = Field(default=0, ge=0, le=4096, description="No end of sequence before.")
     seed: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _min_within_max(self) -> SamplingParams:
+        if self.min_tokens > self.max_tokens:
+            raise ValueError(
+                f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})"
+            )
+        return self
 
 
 class ProblemIn(Strict):

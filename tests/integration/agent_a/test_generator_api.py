@@ -156,6 +156,7 @@ def problems(count: int, **fields: object) -> dict[str, object]:
         (problems(0), 422, "at least 1 item"),
         (problems(1, sampling={"max_tokens": 5000}), 422, "less than or equal to 4096"),
         (problems(1, n=0), 422, "greater than or equal to 1"),
+        (problems(1, sampling={"min_tokens": 9, "max_tokens": 8}), 422, "must not exceed"),
         # a prompt longer than the engine's max_model_len (2048): the engine's reason, as 422
         ({"problems": [{"problem": "one two three " * 2000}]}, 422, "the engine refused"),
     ],

@@ -30,7 +30,9 @@ from tests.integration.agent_a.helpers import (
 pytestmark = pytest.mark.slow
 
 IN_FLIGHT = 3
-LONG_TOKENS = 800  # seconds each on 2 cores: still generating when the swap lands
+# Seconds each on 2 cores: still generating when the swap lands. min_tokens too, because a
+# random model's sampled end of sequence depends on the CPU's arithmetic, and CI's differs.
+LONG_TOKENS = 800
 
 
 def swaps_total(generator: RunningGenerator) -> float:
@@ -57,7 +59,9 @@ async def test_swap_under_load_changes_output_and_version(
         long_requests = [
             GenerateRequest(
                 problems=[ProblemIn(problem=f"Tell a long story, number {i}.")],
-                sampling=SamplingParams(temperature=0.8, max_tokens=LONG_TOKENS, seed=i),
+                sampling=SamplingParams(
+                    temperature=0.8, max_tokens=LONG_TOKENS, min_tokens=LONG_TOKENS, seed=i
+                ),
             )
             for i in range(IN_FLIGHT)
         ]

@@ -25,16 +25,19 @@ pytestmark = pytest.mark.slow
 
 def bound_generation(case: Case) -> None:
     """A valid fuzzed request may ask for 256 problems x 16 samples x 4096 tokens: cap the
-    work of valid values (2 problems, n 2, 4 tokens), leave invalid ones as generated."""
+    work of valid values (2 problems, n 2, 4 tokens at most and at least), leave invalid ones
+    as generated."""
     body = case.body if isinstance(case.body, dict) else {}
     if isinstance(body.get("problems"), list) and 1 <= len(body["problems"]) <= MAX_BATCH:
         body["problems"] = body["problems"][:2]
     if type(body.get("n")) is int and 1 <= body["n"] <= 16:
         body["n"] = min(body["n"], 2)
     sampling = body.get("sampling")
-    if isinstance(sampling, dict) and type(sampling.get("max_tokens")) is int:
-        if 1 <= sampling["max_tokens"] <= 4096:
-            sampling["max_tokens"] = min(sampling["max_tokens"], 4)
+    if not isinstance(sampling, dict):
+        return
+    for field, low in (("max_tokens", 1), ("min_tokens", 0)):
+        if type(sampling.get(field)) is int and low <= sampling[field] <= 4096:
+            sampling[field] = min(sampling[field], 4)
 
 
 def metric(text: str, name: str) -> float:
