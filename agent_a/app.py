@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from agent_a import openai_routes
 from agent_a.metrics import GeneratorMetrics
 from agent_a.routes import public, router
 from agent_a.service import GeneratorService
@@ -34,5 +35,6 @@ def create_app(
     app.state.metrics = GeneratorMetrics()
     install_common(app, app.state.settings.max_body_bytes)
     app.include_router(router)
+    app.include_router(openai_routes.router)
     app.include_router(public)
     return app

@@ -4,7 +4,10 @@ first), and the control calls a hot swap makes on each (vLLM 0.32's dev-mode rou
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +67,42 @@ def error_message(response: httpx.Response) -> str:
     return str(body.get("detail", body) if isinstance(body, dict) else body)[:500]
 
 
+class ChatStream:
+    """An engine's streamed chat completion: its server-sent events, parsed."""
+
+    def __init__(self, pool: EnginePool, engine: Engine, response: httpx.Response, version: int):
+        self._pool = pool
+        self._engine = engine
+        self._response = response
+        self.version = version
+        """The version the engine reported before the request."""
+
+    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
+        """Each chunk, until the engine's [DONE]; an error event raises."""
+        try:
+            async for line in self._response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line.removeprefix("data:").strip()
+                if data == "[DONE]":
+                    return
+                chunk = json.loads(data)
+                if "error" in chunk:
+                    raise DependencyFailedError(
+                        f"engine {self._engine.url} failed mid-stream: {chunk['error']}"
+                    )
+                yield chunk
+        except httpx.HTTPError as exc:
+            raise DependencyUnavailableError(
+                f"engine {self._engine.url} broke off the stream: {type(exc).__name__}: {exc}"
+            ) from exc
+        raise DependencyFailedError(f"engine {self._engine.url} ended the stream without [DONE]")
+
+    async def final_version(self) -> int:
+        """Once read to the end: the older of the versions before and after, as `chat` gives."""
+        return min(self.version, await self._pool._reported_version(self._engine))
+
+
 class EnginePool:
     def __init__(self, settings: GeneratorSettings) -> None:
         self.settings = settings
@@ -118,6 +157,23 @@ class EnginePool:
         request: a swap that lands while the request runs (it then finishes on the new
         weights), or an engine that restarted on its base weights, or another replica's swap,
         can only make the recorded version older than some tokens, never newer."""
+        async with self._completion(body, stream=False) as (engine, response, version):
+            answer = response.json()
+            return answer, min(version, await self._reported_version(engine))
+
+    @contextlib.asynccontextmanager
+    async def stream_chat(self, body: dict[str, Any]) -> AsyncIterator[ChatStream]:
+        """A streamed chat completion (`body` asks for stream): its chunks as they come, and
+        the weight version that produced them, taken as `chat` takes it."""
+        async with self._completion(body, stream=True) as (engine, response, version):
+            yield ChatStream(self, engine, response, version)
+
+    @contextlib.asynccontextmanager
+    async def _completion(
+        self, body: dict[str, Any], stream: bool
+    ) -> AsyncIterator[tuple[Engine, httpx.Response, int]]:
+        """An engine's successful answer to a chat request, held open (with the engine's slot)
+        while the caller reads it, with the version the engine reported before it."""
         engine = self.pick()
         engine.in_flight += 1
         try:
@@ -130,20 +186,27 @@ class EnginePool:
                     what=f"engine {engine.url}",
                     policy=self.settings.retry,
                     json=body,
+                    stream=stream,
                 )
-                if response.is_success:
-                    version = min(version, await self._reported_version(engine))
+                try:
+                    if not response.is_success:
+                        await response.aread()
+                    if response.status_code in (400, 422):
+                        raise InvalidRequestError(
+                            f"the engine refused the request: {error_message(response)}"
+                        )
+                    if not response.is_success:
+                        raise DependencyFailedError(
+                            f"engine {engine.url} answered {response.status_code}: "
+                            f"{error_message(response)}"
+                        )
+                    yield engine, response, version
+                finally:
+                    await response.aclose()
         except ServiceUnavailableError as exc:
             raise DependencyUnavailableError(str(exc)) from exc
         finally:
             engine.in_flight -= 1
-        if response.status_code in (400, 422):
-            raise InvalidRequestError(f"the engine refused the request: {error_message(response)}")
-        if not response.is_success:
-            raise DependencyFailedError(
-                f"engine {engine.url} answered {response.status_code}: {error_message(response)}"
-            )
-        return response.json(), version
 
     # control calls of a hot swap: one try each, the swap decides what a failure means
 

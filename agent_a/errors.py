@@ -49,3 +49,9 @@ class DependencyFailedError(AgentAError):
 
 class JobNotFoundError(AgentAError):
     status_code = 404
+
+
+class ModelNotFoundError(AgentAError):
+    """An OpenAI request for a model these engines do not serve."""
+
+    status_code = 404

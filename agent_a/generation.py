@@ -14,11 +14,13 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
-from agent_a.engine_pool import EnginePool
+from agent_a.engine_pool import ChatStream, EnginePool
 from agent_a.errors import (
     DependencyFailedError,
     DependencyUnavailableError,
@@ -40,6 +42,7 @@ from services.schemas import (
     ProblemResult,
     Sample,
     SampleGroup,
+    SamplingParams,
     VerifyBatchRequest,
     VerifyRequest,
     VerifyResponse,
@@ -49,6 +52,25 @@ from services.schemas import (
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """What a group of samples answers: the problem and the messages the engine got."""
+
+    problem: ProblemIn
+    problem_id: str
+    messages: list[ChatMessage]
+    sampling: SamplingParams
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One of an engine's choices: its text and the token ids it sampled."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None
 
 
 def chat_messages(problem: ProblemIn, system_prompt: str | None) -> list[ChatMessage]:
@@ -112,7 +134,7 @@ class Generator:
             )
 
     @contextlib.asynccontextmanager
-    async def _room(self, planned: int) -> AsyncIterator[None]:
+    async def reserve(self, planned: int) -> AsyncIterator[None]:
         """Hold room in the queue for a request's samples while they are generated."""
         await self._check_room(planned)
         self._reserved += planned  # no await since the check: no other request slips in
@@ -123,7 +145,7 @@ class Generator:
 
     async def generate(self, request: GenerateRequest) -> GenerateResponse:
         started = time.perf_counter()
-        async with self._room(len(request.problems) * request.n):
+        async with self.reserve(len(request.problems) * request.n):
             results = await _all_or_none([self._solve(p, request) for p in request.problems])
         solutions = [s for r in results for s in r.solutions]
         logger.info(
@@ -139,34 +161,76 @@ class Generator:
         return GenerateResponse(data=results, count=len(results))
 
     async def _solve(self, problem: ProblemIn, request: GenerateRequest) -> ProblemResult:
-        problem_id = problem.id or new_id()
-        messages = chat_messages(problem, request.system_prompt)
+        prompt = Prompt(
+            problem=problem,
+            problem_id=problem.id or new_id(),
+            messages=chat_messages(problem, request.system_prompt),
+            sampling=request.sampling,
+        )
         self.metrics.in_flight.inc()
         try:
             created = utcnow()
-            await self.swapper.wait_idle()
-            with self.metrics.engine_seconds.time():
-                answer, version = await self.pool.chat(self._chat_body(messages, request))
-            choices = sorted(answer["choices"], key=lambda c: c["index"])
-            prompt_ids = answer.get("prompt_token_ids")
-            if not prompt_ids or any(c.get("token_ids") is None for c in choices):
-                raise DependencyFailedError("the engine returned no token ids (return_token_ids)")
-            texts = [c["message"]["content"] or "" for c in choices]
-            verdicts = await self._verify(problem, problem_id, texts)
+            answer, version = await self.chat(self._chat_body(prompt.messages, request))
+            completions = [
+                Completion(
+                    c["message"]["content"] or "", c.get("token_ids") or [], c.get("finish_reason")
+                )
+                for c in sorted(answer["choices"], key=lambda c: c["index"])
+            ]
+            solutions = await self.learn(
+                prompt, answer.get("prompt_token_ids"), completions, version, created
+            )
         finally:
             self.metrics.in_flight.dec()
-        solutions = []
+        return ProblemResult(
+            problem_id=prompt.problem_id,
+            problem=problem.problem,
+            reference_answer=problem.reference_answer,
+            solutions=solutions,
+        )
+
+    async def chat(self, body: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        """One chat completion from the least busy engine, once no swap is under way, and the
+        weight version that produced it."""
+        await self.swapper.wait_idle()
+        with self.metrics.engine_seconds.time():
+            return await self.pool.chat(body)
+
+    @contextlib.asynccontextmanager
+    async def stream_chat(self, body: dict[str, Any]) -> AsyncIterator[ChatStream]:
+        """`chat`, streamed."""
+        await self.swapper.wait_idle()
+        with self.metrics.engine_seconds.time():
+            async with self.pool.stream_chat(body) as stream:
+                yield stream
+
+    async def learn(
+        self,
+        prompt: Prompt,
+        prompt_ids: list[int] | None,
+        completions: list[Completion],
+        version: int,
+        created: datetime,
+    ) -> list[GeneratedSolution]:
+        """Verify the completions of one prompt together, queue each with its feedback (and
+        the group's), and return them as the client sees them."""
+        if not prompt_ids or not all(c.token_ids for c in completions):
+            raise DependencyFailedError("the engine returned no token ids (return_token_ids)")
+        verdicts = await self._verify(
+            prompt.problem, prompt.problem_id, [c.text for c in completions]
+        )
         group = SampleGroup(size=len(verdicts), correct=sum(v.is_correct for v in verdicts))
-        for choice, text, verdict in zip(choices, texts, verdicts, strict=True):
+        solutions = []
+        for completion, verdict in zip(completions, verdicts, strict=True):
             sample = Sample(
-                problem_id=problem_id,
-                problem=problem.problem,
-                reference_answer=problem.reference_answer,
-                messages=messages,
+                problem_id=prompt.problem_id,
+                problem=prompt.problem.problem,
+                reference_answer=prompt.problem.reference_answer,
+                messages=prompt.messages,
                 prompt_token_ids=prompt_ids,
-                completion_token_ids=choice["token_ids"],
-                sampling=request.sampling,
-                solution=text,
+                completion_token_ids=completion.token_ids,
+                sampling=prompt.sampling,
+                solution=completion.text,
                 feedback=Feedback(
                     solution_score=verdict.solution_score,
                     reasoning_score=verdict.reasoning_score,
@@ -182,20 +246,15 @@ class Generator:
             solutions.append(
                 GeneratedSolution(
                     sample_id=sample.sample_id,
-                    solution=text,
+                    solution=completion.text,
                     feedback=verdict,
                     weight_version=version,
                     completion_tokens=len(sample.completion_token_ids),
-                    finish_reason=choice.get("finish_reason"),
+                    finish_reason=completion.finish_reason,
                     queued=queued,
                 )
             )
-        return ProblemResult(
-            problem_id=problem_id,
-            problem=problem.problem,
-            reference_answer=problem.reference_answer,
-            solutions=solutions,
-        )
+        return solutions
 
     def _chat_body(self, messages: list[ChatMessage], request: GenerateRequest) -> dict[str, Any]:
         return {

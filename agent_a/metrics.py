@@ -18,6 +18,13 @@ class GeneratorMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.chat_requests = Counter(
+            "gvloop_generator_chat_requests_total",
+            "POST /v1/chat/completions requests, by outcome (ok, learned: with a reference "
+            "answer, or the HTTP status of the refusal).",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.samples = Counter(
             "gvloop_generator_samples_total",
             "Generated and verified samples, by whether they entered the training queue.",

@@ -66,13 +66,20 @@ async def request_with_retry(
     what: str,
     policy: RetryPolicy,
     json: object = None,
+    stream: bool = False,
 ) -> httpx.Response:
-    """Send, retrying transport errors and 429/502/503/504; any other answer is returned."""
+    """Send, retrying transport errors and 429/502/503/504; any other answer is returned.
+
+    stream: the answer comes back with its body unread (the caller reads and closes it); only
+    connecting and the status are retried, never a body already being read."""
     for attempt in range(1, policy.attempts + 1):
         try:
-            response = await client.request(method, url, json=json)
+            request = client.build_request(method, url, json=json)
+            response = await client.send(request, stream=stream)
             if response.status_code not in RETRY_STATUSES:
                 return response
+            await response.aread()
+            await response.aclose()
             cause = f"HTTP {response.status_code}: {response.text[:200]}"
             retry_after = response.headers.get("retry-after")
         except httpx.TransportError as exc:

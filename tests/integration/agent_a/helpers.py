@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM
 from services.clients import GeneratorClient
 from services.queue import PAYLOAD
 from services.schemas import GeneratedSolution, GenerateRequest, ProblemIn, Sample, SamplingParams
+from tests.utils.samples import make_sample
 
 GREEDY_TOKENS = 8
 PROMPT = "What is 12 + 30? Answer with the number."
@@ -26,6 +27,16 @@ async def stream_samples(client: aioredis.Redis, stream: str) -> dict[str, Sampl
     entries = await client.xrange(stream)
     samples = (Sample.model_validate_json(fields[PAYLOAD.encode()]) for _, fields in entries)
     return {s.sample_id: s for s in samples}
+
+
+async def fill_queue(client: aioredis.Redis, stream: str, bound: int) -> list[bytes]:
+    """Append filler samples until the stream holds `bound`; returns their ids."""
+    missing = bound - await client.xlen(stream)
+    payload = make_sample().model_dump_json()
+    async with client.pipeline(transaction=False) as pipe:
+        for _ in range(missing):
+            pipe.xadd(stream, {PAYLOAD: payload})
+        return await pipe.execute()
 
 
 async def greedy(client: GeneratorClient, problem: str = PROMPT) -> GeneratedSolution:

@@ -14,7 +14,6 @@ import redis.asyncio as aioredis
 from transformers import AutoTokenizer
 
 from gvloop.launcher import free_ports
-from services.queue import PAYLOAD
 from services.redis_server import EmbeddedRedis
 from services.schemas import (
     GenerateRequest,
@@ -31,8 +30,7 @@ from tests.integration.agent_a.conftest import (
     generator_settings,
     running_generator,
 )
-from tests.integration.agent_a.helpers import stream_samples, wait_engine_running
-from tests.utils.samples import make_sample
+from tests.integration.agent_a.helpers import fill_queue, stream_samples, wait_engine_running
 
 pytestmark = pytest.mark.slow
 
@@ -44,16 +42,6 @@ SHORT = SamplingParams(temperature=0.8, max_tokens=16, seed=0)
 async def http(generator: RunningGenerator) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=generator.url, timeout=120) as client:
         yield client
-
-
-async def fill_queue(client: aioredis.Redis, stream: str) -> list[bytes]:
-    """Append filler samples until the stream holds MAX_BACKLOG; returns their ids."""
-    missing = MAX_BACKLOG - await client.xlen(stream)
-    payload = make_sample().model_dump_json()
-    async with client.pipeline(transaction=False) as pipe:
-        for _ in range(missing):
-            pipe.xadd(stream, {PAYLOAD: payload})
-        return await pipe.execute()
 
 
 async def test_problems_come_back_verified_and_queued(
@@ -184,7 +172,7 @@ async def test_full_queue_answers_429_before_generating(
     generator: RunningGenerator, http: httpx.AsyncClient, redis_client: aioredis.Redis
 ) -> None:
     stream = generator.common.stream
-    filler = await fill_queue(redis_client, stream)
+    filler = await fill_queue(redis_client, stream, MAX_BACKLOG)
     try:
         response = await http.post("/problems", json=problems(1))
         assert response.status_code == 429
@@ -202,7 +190,7 @@ async def test_concurrent_requests_cannot_overfill_the_queue(
     # stream alone, so the samples being generated must count too, or two requests would be
     # generated and verified only for the queue to refuse their samples.
     stream = generator.common.stream
-    filler = await fill_queue(redis_client, stream)
+    filler = await fill_queue(redis_client, stream, MAX_BACKLOG)
     await redis_client.xdel(stream, *filler[:4])
     try:
         body = problems(1, n=2, sampling={"max_tokens": 8})
@@ -225,7 +213,7 @@ async def test_queue_filling_up_during_generation_returns_samples_unqueued(
     body = problems(1, n=2, sampling={"max_tokens": 400, "seed": 1})
     pending = asyncio.create_task(http.post("/problems", json=body))
     await wait_engine_running(backends.engine_url, 1)
-    filler = await fill_queue(redis_client, stream)  # another producer got there first
+    filler = await fill_queue(redis_client, stream, MAX_BACKLOG)  # another producer got there first
     try:
         response = await pending
         assert response.status_code == 200, response.text
