@@ -22,6 +22,11 @@ logger = logging.getLogger(__name__)
 BASE_VERSION = "default"  # what vLLM reports before any update_weight_version
 # agent_a.vllm_worker.WeightReloadExtension's methods (not imported: it needs vLLM)
 RELOAD_METHOD = "gvloop_reload_weights"
+STAGE_METHOD = "gvloop_stage_weights"
+STAGE_STATUS_METHOD = "gvloop_stage_status"
+FLIP_METHOD = "gvloop_flip_weights"
+DISCARD_METHOD = "gvloop_discard_staged"
+STAGE_POLL_S = 0.05  # each poll takes the engine's loop between two steps: cheap
 READY_METHOD = "gvloop_extension_ready"
 
 
@@ -227,6 +232,41 @@ class EnginePool:
             },
             deadline_s=timeout + 5,  # let the engine's own deadline answer first
         )
+
+    async def stage(self, engine: Engine, checkpoint_dir: str) -> None:
+        """Have every worker of the engine read the checkpoint into memory, in its own layout,
+        while the engine keeps serving; returns once all hold it (or raises why not)."""
+        await self._rpc(engine, STAGE_METHOD, {"weights_path": checkpoint_dir})
+        deadline = asyncio.get_running_loop().time() + self.settings.reload_timeout_s
+        while True:
+            states = await self._rpc(engine, STAGE_STATUS_METHOD)
+            failed = [s for s in states if s.get("state") not in ("staging", "ready")]
+            if failed or not states:
+                cause = failed[0].get("error") or failed[0] if failed else "no worker answered"
+                raise EngineCallError(engine.url, "stage", str(cause))
+            if all(s.get("state") == "ready" and s.get("path") == checkpoint_dir for s in states):
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise EngineCallError(
+                    engine.url, "stage", f"not staged after {self.settings.reload_timeout_s:.0f}s"
+                )
+            await asyncio.sleep(STAGE_POLL_S)
+
+    async def flip(self, engine: Engine, checkpoint_dir: str) -> None:
+        """Copy the staged weights into the live model (engine paused)."""
+        await self._rpc(engine, FLIP_METHOD, {"weights_path": checkpoint_dir})
+
+    async def discard_staged(self, engine: Engine) -> None:
+        await self._rpc(engine, DISCARD_METHOD)
+
+    async def _rpc(
+        self, engine: Engine, method: str, kwargs: dict[str, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """A worker-extension call on every worker of the engine: their answers."""
+        timeout = self.settings.control_timeout_s
+        body = {"method": method, "kwargs": kwargs or {}, "timeout": timeout}
+        answer = await self._control(engine, "POST", "/collective_rpc", body, timeout + 5)
+        return [r if isinstance(r, dict) else {} for r in answer.get("results", [])]
 
     async def set_version(self, engine: Engine, version: int) -> None:
         await self._control(engine, "POST", "/update_weight_version", {"new_version": str(version)})

@@ -95,9 +95,6 @@ class Generator:
         self.queue = queue
         self.metrics = metrics
         self.settings = settings
-        self._reserved = 0
-        """Samples of requests in progress, not yet in the stream: counted against the bound
-        so that concurrent requests cannot all pass the check and then find the queue full."""
 
     async def admit(self, request: GenerateRequest) -> None:
         """Refuse, before any work, what is over a limit or cannot be queued now."""
@@ -123,25 +120,32 @@ class Generator:
             room = await self.queue.room()
         except RedisError as exc:
             raise DependencyUnavailableError(f"Redis (the sample queue) failed: {exc}") from exc
-        # _reserved read after the await: requests that reserved meanwhile count too
-        if self._reserved + planned > room:
-            backlog = self.queue.bound - room
+        # only a first look, before any work: reserve() reserves atomically, across replicas
+        if planned > room.free:
             raise QueueBusyError(
-                f"the sample queue holds {backlog} of at most {self.queue.bound} samples "
-                f"and {self._reserved} more are being generated: no room for {planned} more, "
+                f"the sample queue holds {room.backlog} of at most {room.bound} samples "
+                f"and {room.reserved} more are being generated: no room for {planned} more, "
                 "the trainer is behind, retry later",
                 self.settings.retry_after_s,
             )
 
     @contextlib.asynccontextmanager
     async def reserve(self, planned: int) -> AsyncIterator[None]:
-        """Hold room in the queue for a request's samples while they are generated."""
-        await self._check_room(planned)
-        self._reserved += planned  # no await since the check: no other request slips in
-        try:
+        """Hold room in the queue for a request's samples while they are generated: a
+        reservation in Redis that every generator replica counts, spent by the samples' puts."""
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                await stack.enter_async_context(self.queue.reserve(planned))
+            except QueueFullError as exc:
+                raise QueueBusyError(
+                    f"the sample queue holds {exc.backlog} of at most {self.queue.bound} "
+                    f"samples and {exc.reserved} more are being generated: no room for "
+                    f"{planned} more, the trainer is behind, retry later",
+                    self.settings.retry_after_s,
+                ) from exc
+            except RedisError as exc:
+                raise DependencyUnavailableError(f"Redis (the sample queue) failed: {exc}") from exc
             yield
-        finally:
-            self._reserved -= planned
 
     async def generate(self, request: GenerateRequest) -> GenerateResponse:
         started = time.perf_counter()

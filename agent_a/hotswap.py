@@ -1,17 +1,22 @@
 """Hot swap: load a checkpoint into every engine without a restart, and never serve half-loaded
 weights.
 
-Per swap, on every live engine at once: pause (mode=keep: in-flight requests freeze, none is
-aborted), reload the weights in place, set the weight version, reset the prefix cache (KV
-computed with the old weights must not be reused), resume. Each phase is timed.
+Per swap (the default strategy, stage): every live engine stages the checkpoint while it keeps
+serving (reads it and builds the new weights in its own layout, `agent_a.vllm_worker`); only
+once all hold it do they all pause (mode=keep: in-flight requests freeze, none is aborted),
+flip the staged weights in, set the weight version, reset the prefix cache (KV computed with the
+old weights must not be reused) and resume. Generation stops for the flip alone, and the
+engines' versions differ only between their resumes. The reload strategy reads the checkpoint
+inside the pause instead (the baseline). Each phase is timed.
 
-If a reload (or what follows it) fails on any engine, every engine stays paused while they all
-reload the last good checkpoint (the base model if none); only engines that got it back resume.
-An engine that cannot recover stays paused and out of rotation, and the swap reports it.
+A failed stage changes nothing: no engine paused. If a flip or reload (or what follows it)
+fails on any engine, every engine stays paused while they all reload the last good checkpoint
+(the base model if none); only engines that got it back resume. An engine that cannot recover
+stays paused and out of rotation, and the swap reports it.
 
 Version recording: a request frozen by the pause finishes on the new weights, so its tokens
 span two versions; agent A records the older one (see `EnginePool.chat`). New requests wait
-while a swap runs, so they are recorded with the version that actually serves them.
+while the engines are paused, so they are recorded with the version that actually serves them.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from agent_a.engine_pool import Engine, EnginePool
 from agent_a.errors import AgentAError, DependencyFailedError, DependencyUnavailableError
 from agent_a.metrics import GeneratorMetrics
 from agent_a.store import WeightsStore
-from services.schemas import SwapResponse, SwapTimings, WeightInfo
+from services.schemas import SwapResponse, SwapStrategy, SwapTimings, WeightInfo
 
 logger = logging.getLogger(__name__)
 
@@ -65,30 +70,72 @@ class HotSwapper:
                 f"a weight swap has held generation for {self.max_swap_s:.0f}s"
             ) from None
 
-    async def swap(self, checkpoint_dir: Path, version: int) -> SwapResponse:
+    async def swap(
+        self, checkpoint_dir: Path, version: int, strategy: SwapStrategy = "stage"
+    ) -> SwapResponse:
         """Serve `checkpoint_dir` as weight version `version` on every live engine."""
         async with self._lock:
-            self._idle.clear()
-            try:
-                return await self._swap(str(checkpoint_dir), version)
-            finally:
-                self._idle.set()
+            return await self._swap(str(checkpoint_dir), version, strategy)
 
-    async def _swap(self, path: str, version: int) -> SwapResponse:
+    async def _swap(self, path: str, version: int, strategy: SwapStrategy) -> SwapResponse:
         started = time.perf_counter()
         targets = await self._live_engines()
+        checked = time.perf_counter()
+        if strategy == "stage":
+            await self._stage(targets, path, version)
+        stage_s = time.perf_counter() - checked
+        # from here to the resume, new requests wait here: one that reached a paused engine
+        # would be served by the new weights but recorded with the old version
+        self._idle.clear()
+        try:
+            return await self._flip(targets, path, version, strategy, started, stage_s)
+        finally:
+            self._idle.set()
+
+    async def _stage(self, targets: list[Engine], path: str, version: int) -> None:
+        """Every engine reads the checkpoint while it serves; a failure changes nothing."""
+        try:
+            await _each(targets, lambda e: self.pool.stage(e, path))
+        except Exception as exc:
+            await asyncio.gather(
+                *(self.pool.discard_staged(e) for e in targets), return_exceptions=True
+            )
+            self.metrics.swaps.labels("abandoned").inc()
+            logger.error("staging %s as v%d failed, nothing changed: %s", path, version, exc)
+            raise DependencyFailedError(
+                f"staging {path} as v{version} failed, nothing changed (the engines never paused "
+                f"and serve v{self._weights.version}): {exc}"
+            ) from exc
+
+    async def _flip(
+        self,
+        targets: list[Engine],
+        path: str,
+        version: int,
+        strategy: SwapStrategy,
+        started: float,
+        stage_s: float,
+    ) -> SwapResponse:
+        """Pause every engine, load (flip the staged weights in, or reload), set the version,
+        reset the prefix cache, resume."""
+        staged = time.perf_counter()
         try:
             await _each(targets, self.pool.pause)
         except Exception as exc:
             await asyncio.gather(*(self.pool.resume(e) for e in targets), return_exceptions=True)
+            if strategy == "stage":
+                await asyncio.gather(
+                    *(self.pool.discard_staged(e) for e in targets), return_exceptions=True
+                )
             self.metrics.swaps.labels("abandoned").inc()
             raise DependencyUnavailableError(
                 f"swap to v{version} abandoned, nothing changed: {exc}"
             ) from exc
         paused = time.perf_counter()
+        load = self.pool.flip if strategy == "stage" else self.pool.reload
         try:
-            await _each(targets, lambda e: self.pool.reload(e, path))
-            reloaded = time.perf_counter()
+            await _each(targets, lambda e: load(e, path))
+            loaded = time.perf_counter()
             await _each(targets, lambda e: self.pool.set_version(e, version))
             await _each(targets, self.pool.reset_prefix_cache)
         except Exception as exc:  # whatever broke, no engine may resume on these weights
@@ -96,25 +143,34 @@ class HotSwapper:
             raise await self._recover(targets, path, version, exc) from exc
         for engine in targets:
             engine.version = version
-        not_resumed = await self._resume(targets, f"loaded v{version} but did not resume")
+        resumed, not_resumed = await self._resume(targets, f"loaded v{version} but did not resume")
         self._weights = WeightInfo(version=version, checkpoint_dir=path)
         await self.store.save(self._weights)
+        done = time.perf_counter()
         timings = SwapTimings(
-            pause_s=paused - started,
-            reload_s=reloaded - paused,
-            resume_s=time.perf_counter() - reloaded,
-            total_s=time.perf_counter() - started,
+            stage_s=stage_s,
+            pause_s=paused - staged,
+            reload_s=loaded - paused,
+            resume_s=done - loaded,
+            total_s=done - started,
+            stopped_s=(max(resumed) if resumed else done) - staged,
+            versions_differ_s=max(resumed) - min(resumed) if resumed else 0.0,
         )
         self._observe(timings)
         logger.info(
-            "swapped to v%d (%s) on %d engine(s): pause %.3fs, reload %.3fs, resume %.3fs, "
-            "total %.3fs",
+            "swapped to v%d (%s, %s) on %d engine(s): stage %.3fs (serving), generation stopped "
+            "%.3fs (pause %.3fs, %s %.3fs, resume %.3fs), versions differed %.3fs, total %.3fs",
             version,
             path,
+            strategy,
             len(targets),
+            timings.stage_s,
+            timings.stopped_s,
             timings.pause_s,
+            "flip" if strategy == "stage" else "reload",
             timings.reload_s,
             timings.resume_s,
+            timings.versions_differ_s,
             timings.total_s,
         )
         if not_resumed:
@@ -122,7 +178,11 @@ class HotSwapper:
                 f"swapped to v{version}, but engines {not_resumed} did not resume: out of rotation"
             )
         return SwapResponse(
-            version=version, checkpoint_dir=path, engines=len(targets), timings=timings
+            version=version,
+            checkpoint_dir=path,
+            engines=len(targets),
+            timings=timings,
+            strategy=strategy,
         )
 
     async def _recover(
@@ -177,21 +237,28 @@ class HotSwapper:
             raise DependencyUnavailableError("no engine answers /health: nothing to swap")
         return targets
 
-    async def _resume(self, targets: list[Engine], problem: str) -> list[str]:
-        results = await asyncio.gather(
-            *(self.pool.resume(e) for e in targets), return_exceptions=True
-        )
-        failed = []
+    async def _resume(self, targets: list[Engine], problem: str) -> tuple[list[float], list[str]]:
+        """Resume every target: when each that resumed did (perf_counter), and those that
+        did not (now out of rotation)."""
+
+        async def resume(engine: Engine) -> float:
+            await self.pool.resume(engine)
+            return time.perf_counter()
+
+        results = await asyncio.gather(*(resume(e) for e in targets), return_exceptions=True)
+        resumed, failed = [], []
         for engine, result in zip(targets, results, strict=True):
-            engine.healthy = not isinstance(result, Exception)
+            engine.healthy = not isinstance(result, BaseException)
             engine.problem = None if engine.healthy else f"{problem}: {result}"
-            if not engine.healthy:
+            if isinstance(result, float):
+                resumed.append(result)
+            else:
                 failed.append(engine.url)
-        return failed
+        return resumed, failed
 
     def _observe(self, timings: SwapTimings) -> None:
         self.metrics.swaps.labels("ok").inc()
-        for phase in ("pause", "reload", "resume", "total"):
+        for phase in ("stage", "pause", "reload", "resume", "stopped", "total"):
             self.metrics.swap_seconds.labels(phase).observe(getattr(timings, f"{phase}_s"))
 
 

@@ -1,5 +1,6 @@
-"""The generator API: POST /problems, GET /jobs/{id}, POST and GET /weights (bearer token when
-configured); GET /health and GET /metrics (open, for orchestrators and scrapers)."""
+"""The generator API: POST /problems, GET /jobs/{id}, GET /weights (the client's bearer token
+when configured), POST /weights (the operator's, when configured); GET /health and GET /metrics
+(open, for orchestrators and scrapers)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from agent_a.deps import MetricsDep, ServiceDep, require_token
+from agent_a.deps import MetricsDep, ServiceDep, require_operator, require_token
 from agent_a.errors import AgentAError
 from agent_a.service import HealthResponse
 from services.schemas import (
@@ -67,8 +68,12 @@ async def read_job(
 
 @router.post(
     "/weights",
+    dependencies=[Depends(require_operator)],
     responses={
-        403: {"description": "checkpoint_dir resolves outside the checkpoint root."},
+        403: {
+            "description": "A client token (not the operator's), or checkpoint_dir resolves "
+            "outside the checkpoint root."
+        },
         422: {"description": "Not a complete checkpoint of the served model."},
         502: {"description": "An engine failed to load it; all engines recovered."},
         503: {"description": "An engine could not recover, or none answers."},
@@ -76,8 +81,9 @@ async def read_job(
     summary="Hot-swap the engines' weights",
 )
 async def update_weights(body: SwapRequest, service: ServiceDep) -> SwapResponse:
-    """Pause every engine (in-flight requests wait), reload the checkpoint, set the weight
-    version, reset the prefix cache, resume; returns each phase's time."""
+    """Stage the checkpoint on every engine while they serve, then pause them (in-flight
+    requests wait), flip it in, set the weight version, reset the prefix cache, resume; returns
+    each phase's time."""
     return await service.swap(body)
 
 

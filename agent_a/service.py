@@ -121,7 +121,7 @@ class GeneratorService:
         root = self.common.checkpoint_root
         path = resolve_checkpoint(request.checkpoint_dir, root)
         check_checkpoint(path, root, self.reference)
-        return await self.swapper.swap(path, request.version)
+        return await self.swapper.swap(path, request.version, request.strategy)
 
     async def health(self) -> HealthResponse:
         """Engines answering and in rotation; Redis answering."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings
 
 from services.clients import RetryPolicy
@@ -58,7 +58,11 @@ class GeneratorSettings(BaseSettings):
     verifier_token: str | None = None
     """Bearer token agent B wants, if any."""
     api_token: str | None = None
-    """Bearer token required on /problems, /jobs and /weights; unset: open."""
+    """Bearer token a client sends on /problems, /jobs and GET /weights; unset: open."""
+    operator_token: str | None = None
+    """Bearer token required on POST /weights (hot swaps: the trainer's), which the api_token
+    does not open (403); it opens every other route too. Unset: the api_token guards POST
+    /weights as well."""
     engine_timeout_s: float = Field(default=600.0, gt=0)
     """Deadline for one chat completion (n samples of one problem)."""
     verifier_timeout_s: float = Field(default=300.0, gt=0)
@@ -94,12 +98,21 @@ class GeneratorSettings(BaseSettings):
                 raise ValueError(f"{url!r} is not an http(s) URL")
         return value
 
-    @field_validator("api_token", "verifier_token")
+    @field_validator("api_token", "operator_token", "verifier_token")
     @classmethod
     def _no_placeholder(cls, token: str | None) -> str | None:
         if token is not None and token.lower() in PLACEHOLDER_TOKENS:
             raise ValueError(f"{token!r} is a placeholder: set a real secret")
         return token
+
+    @model_validator(mode="after")
+    def _distinct_tokens(self) -> GeneratorSettings:
+        if self.operator_token is not None and self.operator_token == self.api_token:
+            raise ValueError(
+                "operator_token equals api_token: a client could swap weights; set a distinct "
+                "GVLOOP_GENERATOR_OPERATOR_TOKEN"
+            )
+        return self
 
     @property
     def retry(self) -> RetryPolicy:

@@ -1,6 +1,7 @@
 """Hot swap benchmark: how long generation stops and how long a new checkpoint takes to serve,
-hot-swapped through the generator API (POST /weights) against the alternative, restarting the
-engine on it. Same model, same machine, one run: the restart is the baseline of the ratio.
+side by side in one run: hot-swapped through the generator API (POST /weights) by staging then
+flipping (the default), by reloading inside the pause (the former way), and by restarting the
+engine on it. Same model, same machine, one run; the two swap strategies take turns.
 
 The engine and the generator are real `gvloop agent-a engine|serve` processes. Checkpoints are
 hard-linked copies of the model inside a private checkpoint root (what a trainer writes).
@@ -11,12 +12,13 @@ hard-linked copies of the model inside a private checkpoint root (what a trainer
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import shutil
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated
 
@@ -28,18 +30,69 @@ from gvloop.stack import StackPorts, local_components
 from services.clients import GeneratorClient
 from services.model_files import resolve_model
 from services.redis_server import EmbeddedRedis
-from services.schemas import SwapRequest
+from services.schemas import SwapRequest, SwapStrategy
 from services.settings import CommonSettings
+
+STRATEGIES: tuple[SwapStrategy, ...] = ("stage", "reload")
+STREAM_TOKENS = 400  # per streamed request: seconds of decoding on 2 cores
 
 
 @dataclass
 class Swap:
     stopped_s: float
-    """Generation stopped: pause to resume (as the engine's requests see it)."""
-    pause_s: float
-    reload_s: float
+    """Generation stopped: first pause sent to last engine resumed (as the engine's requests
+    see it)."""
+    stage_s: float
+    """Staging while the engine serves (stage strategy only)."""
+    load_s: float
+    """Loading inside the pause: the flip, or the reload."""
     to_serving_s: float
     """POST /weights sent -> first token of the new version served."""
+    longest_gap_s: float
+    """Longest wait between two tokens of a request streaming through the swap (as a client
+    sees it: the pause, and any slowdown while staging)."""
+
+
+@dataclass
+class TokenClock:
+    """Arrival times of the tokens of requests kept streaming while the swaps run."""
+
+    requests: list[list[float]] = field(default_factory=list)
+
+    def longest_gap(self, start: float, end: float) -> float:
+        """Longest wait between two tokens of one request, over the gaps touching [start, end]."""
+        return max(
+            (
+                b - a
+                for times in self.requests
+                for a, b in itertools.pairwise(times)
+                if b >= start and a <= end
+            ),
+            default=0.0,
+        )
+
+
+async def keep_streaming(engine_url: str, clock: TokenClock, stop: asyncio.Event) -> None:
+    """One streamed completion after another until `stop`, each token's arrival recorded."""
+    async with httpx.AsyncClient(base_url=engine_url, timeout=600) as http:
+        model = (await http.get("/v1/models")).json()["data"][0]["id"]
+        body = {
+            "model": model,
+            "prompt": "Once upon a time",
+            "max_tokens": STREAM_TOKENS,
+            "min_tokens": STREAM_TOKENS,  # a sampled end of sequence must not end it early
+            "temperature": 0.8,
+            "stream": True,
+        }
+        while not stop.is_set():
+            times: list[float] = []
+            clock.requests.append(times)
+            async with http.stream("POST", "/v1/completions", json=body) as response:
+                async for line in response.aiter_lines():
+                    if line.startswith("data:"):
+                        times.append(time.perf_counter())
+                    if stop.is_set():
+                        break
 
 
 async def first_token(engine_url: str) -> str:
@@ -51,17 +104,37 @@ async def first_token(engine_url: str) -> str:
         return (await http.get("/weight_info")).json()["weight_version"]
 
 
-async def hot_swaps(generator_url: str, engine_url: str, checkpoints: list[Path]) -> list[Swap]:
-    swaps = []
+async def hot_swaps(
+    generator_url: str, engine_url: str, checkpoints: list[Path]
+) -> dict[SwapStrategy, list[Swap]]:
+    """Each checkpoint swapped in by each strategy in turn (so drift hits both alike)."""
+    swaps: dict[SwapStrategy, list[Swap]] = {s: [] for s in STRATEGIES}
+    version = 0
+    clock, stop = TokenClock(), asyncio.Event()
+    streaming = asyncio.create_task(keep_streaming(engine_url, clock, stop))
+    while not (clock.requests and len(clock.requests[-1]) > 2):  # tokens are flowing
+        if streaming.done():
+            await streaming  # raises why it stopped
+        await asyncio.sleep(0.1)
     async with GeneratorClient(generator_url, timeout_s=600) as client:
-        for version, checkpoint in enumerate(checkpoints, start=1):
-            started = time.perf_counter()
-            answer = await client.swap(SwapRequest(checkpoint_dir=str(checkpoint), version=version))
-            served = await first_token(engine_url)
-            to_serving = time.perf_counter() - started
-            assert served == str(version), (served, version)
-            t = answer.timings
-            swaps.append(Swap(t.total_s, t.pause_s, t.reload_s, to_serving))
+        for checkpoint in checkpoints:
+            for strategy in STRATEGIES:
+                version += 1
+                started = time.perf_counter()
+                request = SwapRequest(
+                    checkpoint_dir=str(checkpoint), version=version, strategy=strategy
+                )
+                answer = await client.swap(request)
+                swapped = time.perf_counter()
+                served = await first_token(engine_url)
+                to_serving = time.perf_counter() - started
+                assert served == str(version), (served, version)
+                t = answer.timings
+                await asyncio.sleep(0.5)  # the stream's tokens after the swap close its gap
+                gap = clock.longest_gap(started, swapped)
+                swaps[strategy].append(Swap(t.stopped_s, t.stage_s, t.reload_s, to_serving, gap))
+    stop.set()
+    await streaming
     return swaps
 
 
@@ -108,27 +181,30 @@ def main(
                     plan = [checkpoints[i % 2] for i in range(swaps + 1)]
                     measured = asyncio.run(
                         hot_swaps(f"http://127.0.0.1:{ports.generator}", engine_url, plan)
-                    )[1:]  # the first one warms up
+                    )
                 restarted = restart(engines, components["engine"], checkpoints[0], engine_url)
 
-    stopped = statistics.median(s.stopped_s for s in measured)
-    to_serving = statistics.median(s.to_serving_s for s in measured)
-    pause = statistics.median(s.pause_s for s in measured)
-    reload = statistics.median(s.reload_s for s in measured)
     size_mb = sum(f.stat().st_size for f in model_dir.glob("*.safetensors")) / 1e6
-    print(f"\nmodel {model_dir.name}, {size_mb:.0f} MB of weights")
+    print(f"\nmodel {model_dir.name}, {size_mb:.0f} MB of weights, median of {swaps} swaps each")
     print(
-        "| way to load a checkpoint | generation stopped (s) | checkpoint to serving (s) | ratio |"
+        "| way to load a checkpoint | generation stopped (s) | longest gap between a streamed "
+        "request's tokens (s) | checkpoint to serving (s) |"
     )
     print("|---|---|---|---|")
-    print(
-        f"| hot swap, median of {len(measured)} (pause call {pause:.3f} s, reload {reload:.3f} s)"
-        f" | {stopped:.3f} | {to_serving:.3f} | 1 |"
-    )
-    print(
-        f"| engine restart (baseline) | {restarted:.1f} | {restarted:.1f} "
-        f"| x{restarted / to_serving:.0f} slower |"
-    )
+    for strategy, label in (("stage", "stage, then flip"), ("reload", "reload in the pause")):
+        timed = measured[strategy][1:]  # the first one warms up
+        stage = statistics.median(s.stage_s for s in timed)
+        load = statistics.median(s.load_s for s in timed)
+        detail = (
+            f"stage {stage:.3f} s while serving, flip {load:.3f} s"
+            if strategy == "stage"
+            else f"reload {load:.3f} s"
+        )
+        stopped = statistics.median(s.stopped_s for s in timed)
+        to_serving = statistics.median(s.to_serving_s for s in timed)
+        gap = statistics.median(s.longest_gap_s for s in timed)
+        print(f"| {label} ({detail}) | {stopped:.3f} | {gap:.3f} | {to_serving:.3f} |")
+    print(f"| engine restart | {restarted:.1f} | {restarted:.1f} | {restarted:.1f} |")
 
 
 if __name__ == "__main__":

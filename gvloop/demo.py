@@ -15,23 +15,26 @@ import asyncio
 import itertools
 import json
 import logging
-import math
 import random
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 from pydantic import BaseModel, Field
 
+from gvloop.curve import EvalPoint, plot_curve
 from gvloop.problems import PROBLEM_SETS, load_problems
 from services.clients import (
     GeneratorClient,
+    RetryPolicy,
     ServiceError,
     ServiceUnavailableError,
     VerifierClient,
 )
+from services.queue import SampleQueue
 from services.schemas import (
     GenerateRequest,
     ProblemIn,
@@ -39,6 +42,9 @@ from services.schemas import (
     VerifyBatchRequest,
     VerifyRequest,
 )
+
+if TYPE_CHECKING:
+    from gvloop.runstate import RunState
 
 logger = logging.getLogger(__name__)
 
@@ -71,36 +77,6 @@ class DemoConfig(BaseModel):
     seed: int = 0
 
 
-class EvalPoint(BaseModel):
-    """Held-out accuracy of one served weight version, and how that version sampled the
-    training problems (filled in as its samples come back)."""
-
-    version: int
-    at_s: float
-    """Seconds of training when the evaluation started (0 before the first feed)."""
-    samples_fed: int
-    problems: int
-    correct: int
-    sampled: int = 0
-    sampled_correct: int = 0
-    distinct_fraction: float | None = None
-    """Mean fraction of distinct final answers among the n samples of each training problem:
-    1 when every sample answers differently, 1/n when the model has collapsed onto one answer."""
-
-    @property
-    def accuracy(self) -> float:
-        return self.correct / self.problems
-
-    @property
-    def stderr(self) -> float:
-        """Binomial standard error of the accuracy."""
-        return math.sqrt(self.accuracy * (1 - self.accuracy) / self.problems)
-
-    @property
-    def sampled_accuracy(self) -> float | None:
-        return self.sampled_correct / self.sampled if self.sampled else None
-
-
 @dataclass
 class _SampleStats:
     samples: int = 0
@@ -125,10 +101,21 @@ class Demo:
         out_dir: Path,
         generator_token: str | None = None,
         verifier_token: str | None = None,
+        queue: SampleQueue | None = None,
+        state: RunState | None = None,
     ) -> None:
+        """`queue`: the sample queue, whose room the feeders wait for rather than be refused;
+        `state`: what the console shows, told of every sample fed and every point."""
         self.config = config
         self.out_dir = out_dir
         self.generator = GeneratorClient(generator_url, generator_token, timeout_s=900)
+        # The feeders' own client does not retry: a full queue is a state they wait out, not an
+        # error to retry (and log) every few seconds.
+        self.feeder = GeneratorClient(
+            generator_url, generator_token, timeout_s=900, policy=RetryPolicy(attempts=1)
+        )
+        self.queue = queue
+        self.state = state
         self.verifier = VerifierClient(verifier_url, verifier_token, timeout_s=300)
         self.engine = httpx.AsyncClient(base_url=engine_url, timeout=300)
         self.heldout = load_problems(config.heldout_file, limit=config.heldout_size)
@@ -143,6 +130,9 @@ class Demo:
         model = await self._served_model()
         curve = [await self.evaluate(model, (await self.generator.weights()).version)]
         self.training_started = time.monotonic()
+        if self.state is not None:
+            self.state.training_started = self.training_started
+            self.state.phase = "training"
         stop = asyncio.Event()
         feeders = [
             asyncio.create_task(self._feed(i, stop)) for i in range(self.config.concurrent_requests)
@@ -150,11 +140,17 @@ class Demo:
         try:
             while not self._finished(curve):
                 await asyncio.sleep(2.0)
+                for feeder in feeders:
+                    if feeder.done():
+                        feeder.result()  # a feeder that failed fails the demo, not silently
                 served = (await self.generator.weights()).version
                 if served != curve[-1].version:
                     curve.append(await self.evaluate(model, served, curve))
         finally:
             stop.set()
+            if self.state is not None:
+                self.state.training_ended = time.monotonic()
+                self.state.phase = "training over: stopping"
             await asyncio.gather(*feeders, return_exceptions=True)
         self._attach_sample_stats(curve)
         self.save(curve)
@@ -163,6 +159,8 @@ class Demo:
     async def evaluate(
         self, model: str, version: int, curve: list[EvalPoint] | None = None
     ) -> EvalPoint:
+        if self.state is not None:
+            self.state.phase = f"evaluating v{version} on {len(self.heldout)} held-out problems"
         greedy = SamplingParams(temperature=0.0, max_tokens=self.config.eval_max_tokens)
         solutions = await self._complete(model, self.heldout, greedy)
         graded = await self._grade(self.heldout, solutions)
@@ -185,6 +183,10 @@ class Demo:
         if curve is not None:
             self._attach_sample_stats([*curve, point])
             self.save([*curve, point])
+        if self.state is not None:
+            self.state.held_out(point)
+            if self.training_started is not None:
+                self.state.phase = "training"
         return point
 
     def save(self, curve: list[EvalPoint]) -> None:
@@ -212,18 +214,23 @@ class Demo:
                 point.distinct_fraction = stats.distinct_sum / stats.problems
 
     async def _feed(self, worker: int, stop: asyncio.Event) -> None:
-        """Submit training problems until stopped; on backpressure (429) or a busy service the
-        client already retried, so wait a little and go on."""
+        """Submit training problems until stopped, waiting while the queue has no room for a
+        request (the trainer is behind); any other failure is logged, waited on and retried."""
         rng = random.Random(self.config.seed + worker)
         problems = itertools.cycle(rng.sample(self.train, len(self.train)))
+        planned = self.config.problems_per_request * self.config.samples_per_problem
         while not stop.is_set() and not self._out_of_time():
+            await self._wait_for_room(planned, stop)
             batch = list(itertools.islice(problems, self.config.problems_per_request))
             request = GenerateRequest(
                 problems=batch, n=self.config.samples_per_problem, sampling=self.config.sampling
             )
             try:
-                response = await self.generator.generate(request)
+                response = await self.feeder.generate(request)
             except (ServiceUnavailableError, ServiceError) as exc:
+                # the other feeder's request took the room between our check and our request
+                if not await self._has_room(planned):
+                    continue
                 logger.warning("feeder %d: %s; waiting 5s", worker, exc)
                 await asyncio.sleep(5.0)
                 continue
@@ -238,6 +245,9 @@ class Demo:
                     )
             solutions = [s for r in response.data for s in r.solutions]
             self.submitted += len(solutions)
+            if self.state is not None:
+                self.state.fed = self.submitted
+                self.state.fed_correct += sum(s.feedback.is_correct for s in solutions)
             logger.info(
                 "fed %d samples (%d correct), %d in total, served version %d",
                 len(solutions),
@@ -245,6 +255,20 @@ class Demo:
                 self.submitted,
                 solutions[0].weight_version if solutions else -1,
             )
+
+    async def _has_room(self, planned: int) -> bool:
+        """Whether the queue takes `planned` more samples now (unknown without a queue: yes)."""
+        return self.queue is None or (await self.queue.room()).free >= planned
+
+    async def _wait_for_room(self, planned: int, stop: asyncio.Event) -> None:
+        waited = False
+        while not stop.is_set() and not self._out_of_time() and not await self._has_room(planned):
+            waited = True
+            if self.state is not None:
+                self.state.feeders_waiting = True
+            await asyncio.sleep(1.0)
+        if waited and self.state is not None:
+            self.state.feeders_waiting = False
 
     async def _complete(
         self, model: str, problems: list[ProblemIn], sampling: SamplingParams
@@ -299,57 +323,9 @@ class Demo:
         return self._out_of_time() or (swaps is not None and len(curve) > swaps)
 
     async def aclose(self) -> None:
-        await asyncio.gather(self.generator.aclose(), self.verifier.aclose(), self.engine.aclose())
-
-
-def curve_table(curve: list[EvalPoint]) -> str:
-    """The curve as a plain-text table (also what the learning benchmark prints)."""
-    lines = [
-        "| version | training (s) | samples fed | held-out accuracy | its training samples correct "
-        "| distinct answers |",
-        "|---|---|---|---|---|---|",
-    ]
-    for p in curve:
-        sampled = "-" if p.sampled_accuracy is None else f"{100 * p.sampled_accuracy:.0f}%"
-        distinct = "-" if p.distinct_fraction is None else f"{p.distinct_fraction:.2f}"
-        lines.append(
-            f"| v{p.version} | {p.at_s:.0f} | {p.samples_fed} | "
-            f"{100 * p.accuracy:.1f}% ± {100 * p.stderr:.1f} ({p.problems}) | {sampled} | "
-            f"{distinct} |"
+        await asyncio.gather(
+            self.generator.aclose(),
+            self.feeder.aclose(),
+            self.verifier.aclose(),
+            self.engine.aclose(),
         )
-    return "\n".join(lines)
-
-
-def plot_curve(curve: list[EvalPoint], path: Path) -> None:
-    """Held-out accuracy (with its standard error) and diversity against time."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display on servers and in CI
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    minutes = [p.at_s / 60 for p in curve]
-    ax.errorbar(
-        minutes,
-        [100 * p.accuracy for p in curve],
-        yerr=[100 * p.stderr for p in curve],
-        marker="o",
-        capsize=3,
-        label="held-out accuracy (± 1 s.e.)",
-    )
-    ax.set_xlabel("minutes of training")
-    ax.set_ylabel("held-out accuracy (%)")
-    ax.set_ylim(0, 100)
-    diverse = [(m, p.distinct_fraction) for m, p in zip(minutes, curve, strict=True)]
-    diverse = [(m, d) for m, d in diverse if d is not None]
-    if diverse:
-        right = ax.twinx()
-        right.plot(*zip(*diverse, strict=True), "s--", color="tab:orange", label="distinct answers")
-        right.set_ylabel("distinct answers per problem (fraction)")
-        right.set_ylim(0, 1.05)
-        right.legend(loc="lower right")
-    ax.legend(loc="upper left")
-    ax.set_title("gvloop: agent A on held-out problems, at each served weight version")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -1,6 +1,7 @@
-"""Runs the services as local processes: one child per component, each line of its output
-prefixed with its name (and kept in a log file), health waited for in order, and every child's
-process group stopped when one dies or on Ctrl-C, saying which died and why.
+"""Runs the services as local processes: one child per component, its whole output kept in a
+log file of its own (and echoed, prefixed with its name, when asked), health waited for in
+order, and every child's process group stopped when one dies or on Ctrl-C, saying which died and
+why.
 
 Each child dies with the launcher, however the launcher dies (a parent-death signal), and a
 health answer counts only when it comes from that child: a stale or foreign server on the same
@@ -18,6 +19,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -77,12 +79,24 @@ class _Running:
     process: subprocess.Popen[str]
     tail: deque[str]
     pump: threading.Thread
+    ready: bool = False
+
+
+ComponentState = Literal["starting", "ready", "exited"]
 
 
 class Launcher:
-    def __init__(self, log_dir: Path, echo: bool = True) -> None:
+    def __init__(
+        self,
+        log_dir: Path,
+        echo: bool = True,
+        on_state: Callable[[str, ComponentState], None] | None = None,
+    ) -> None:
+        """`echo`: copy each child's lines to stdout, prefixed; `on_state(name, state)`: told
+        when a component starts, becomes ready and exits (a console shows it)."""
         self.log_dir = log_dir
         self.echo = echo
+        self.on_state = on_state
         self.running: list[_Running] = []
         log_dir.mkdir(parents=True, exist_ok=True)
         self._width = 9
@@ -113,6 +127,7 @@ class Launcher:
         logger.info(
             "started %s (pid %d): %s", component.name, process.pid, " ".join(component.command)
         )
+        self._tell(component.name, "starting")
 
     def wait_ready(self) -> None:
         """Wait for every started component's health URL; a death or a timeout raises."""
@@ -125,16 +140,8 @@ class Launcher:
             code = run.process.poll()
             if code is not None:
                 run.pump.join(timeout=2)
+                self._tell(run.component.name, "exited")
                 raise ComponentDiedError(run.component.name, code, list(run.tail))
-
-    def wait(self, poll_s: float = 1.0) -> None:
-        """Block until a component dies (raises) or Ctrl-C (returns)."""
-        try:
-            while True:
-                self.check()
-                time.sleep(poll_s)
-        except KeyboardInterrupt:
-            logger.info("Ctrl-C: stopping every component")
 
     def stop_all(self) -> None:
         """SIGTERM every process group (last started first), SIGKILL what outlives its
@@ -156,9 +163,18 @@ class Launcher:
             _signal_group(run.process, signal.SIGKILL)
         self.running.clear()
 
+    def _tell(self, name: str, state: ComponentState) -> None:
+        if self.on_state is not None:
+            self.on_state(name, state)
+
     def _wait_healthy(self, run: _Running) -> None:
+        # wait_ready runs again after every start: a component is announced ready only once
+        if run.ready:
+            return
         component = run.component
         if component.health_url is None:
+            run.ready = True
+            self._tell(component.name, "ready")
             return
         started = time.monotonic()
         deadline = started + component.ready_timeout_s
@@ -173,6 +189,8 @@ class Launcher:
                         logger.info(
                             "%s healthy after %.1fs", component.name, time.monotonic() - started
                         )
+                        run.ready = True
+                        self._tell(component.name, "ready")
                         return
                     cause = f"HTTP {response.status_code}"
                 except httpx.TransportError as exc:

@@ -9,16 +9,23 @@ import json
 import logging
 import shutil
 import sys
+import time
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
 from agent_a.settings import EngineSettings
 from agent_a.vllm_command import engine_command
-from gvloop.demo import DEMO_RECIPE, Demo, DemoConfig, EvalPoint
-from gvloop.launcher import Component, ComponentDiedError, Launcher, free_ports
+from gvloop.console import RunConsole, open_console
+from gvloop.curve import EvalPoint
+from gvloop.demo import DEMO_RECIPE, Demo, DemoConfig
+from gvloop.launcher import Component, Launcher, free_ports
+from gvloop.monitor import Monitor
+from gvloop.runstate import RunState
 from services.model_files import DEFAULT_MODEL, prepare_default_model
+from services.queue import open_queue
 from services.redis_server import ensure_redis
 from services.settings import CommonSettings
 
@@ -56,10 +63,13 @@ class StackPorts(BaseModel):
 
 
 class Tokens(BaseModel):
-    """The APIs' bearer tokens (GVLOOP_GENERATOR_API_TOKEN, GVLOOP_VERIFIER_API_TOKEN), handed
-    to each component that calls them, as docker-compose.yml does."""
+    """The APIs' bearer tokens (GVLOOP_GENERATOR_API_TOKEN, GVLOOP_GENERATOR_OPERATOR_TOKEN,
+    GVLOOP_VERIFIER_API_TOKEN), handed to each component that calls them, as
+    docker-compose.yml does."""
 
     generator: str | None = None
+    operator: str | None = None
+    """The hot swap's: the trainer's, when set (else the generator's API token guards swaps)."""
     verifier: str | None = None
 
     @classmethod
@@ -67,12 +77,17 @@ class Tokens(BaseModel):
         from agent_a.settings import GeneratorSettings
         from agent_b.settings import VerifierSettings
 
-        return cls(generator=GeneratorSettings().api_token, verifier=VerifierSettings().api_token)
+        generator = GeneratorSettings()
+        return cls(
+            generator=generator.api_token,
+            operator=generator.operator_token,
+            verifier=VerifierSettings().api_token,
+        )
 
     def client_env(self) -> dict[str, str]:
         env = {}
-        if self.generator:
-            env["GVLOOP_TRAINER_GENERATOR_TOKEN"] = self.generator
+        if self.operator or self.generator:
+            env["GVLOOP_TRAINER_GENERATOR_TOKEN"] = self.operator or self.generator
         if self.verifier:
             env["GVLOOP_GENERATOR_VERIFIER_TOKEN"] = self.verifier
         return env
@@ -158,22 +173,10 @@ def engine_component(model: str, settings: EngineSettings) -> Component:
     )
 
 
-async def _watch(launcher: Launcher, work: asyncio.Task[T]) -> T:
-    """Run `work` while checking every second that no component died (which cancels it)."""
-    while not work.done():
-        try:
-            launcher.check()
-        except ComponentDiedError:
-            work.cancel()
-            raise
-        await asyncio.wait({work}, timeout=1.0)
-    return work.result()
-
-
 def demo_stack(common: CommonSettings, model: str) -> tuple[CommonSettings, str, dict[str, str]]:
     """The settings, model path and environment a demo runs the stack with.
 
-    Each demo starts from the base model: a Redis, checkpoints and logs of its own in
+    Each demo starts from the base model: a Redis and checkpoints of its own in
     <data_dir>/demo (emptied first), not those of a stack trained before, which the trainer
     would resume from; prepared models stay where they are. And unless GVLOOP_MAX_BACKLOG is
     set, the queue holds two trainer batches: generating further ahead of the trainer only
@@ -190,12 +193,20 @@ def demo_stack(common: CommonSettings, model: str) -> tuple[CommonSettings, str,
     demo_dir = common.data_dir / "demo"
     shutil.rmtree(demo_dir, ignore_errors=True)
     env = {"GVLOOP_CHECKPOINT_DIR": str(demo_dir / "checkpoints")}
+    update: dict[str, object] = {"data_dir": demo_dir, "checkpoint_dir": None}
     if "max_backlog" not in common.model_fields_set:
         env["GVLOOP_MAX_BACKLOG"] = str(2 * trainer.batch_size)
+        update["max_backlog"] = 2 * trainer.batch_size  # the demo's feeders wait for this bound
     for name, value in DEMO_RECIPE.items():
         if name.removeprefix("GVLOOP_TRAINER_").lower() not in trainer.model_fields_set:
             env[name] = value
-    return common.model_copy(update={"data_dir": demo_dir, "checkpoint_dir": None}), model, env
+    return common.model_copy(update=update), model, env
+
+
+def new_run_dir(data_dir: Path, demo: bool) -> Path:
+    """`<data_dir>/runs/<UTC time>[-demo]`: every run keeps its logs, metrics and curve."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    return data_dir / "runs" / f"{stamp}{'-demo' if demo else ''}"
 
 
 def run_stack(
@@ -204,37 +215,121 @@ def run_stack(
     ports: StackPorts,
     demo: DemoConfig | None = None,
     env: dict[str, str] | None = None,
+    *,
+    run_dir: Path | None = None,
+    verbose: bool = True,
+    interactive: bool | None = None,
 ) -> list[EvalPoint] | None:
-    """Start everything, then either run the demo and stop, or serve until Ctrl-C."""
+    """Start everything, then either run the demo and stop, or serve until Ctrl-C.
+
+    Each component's output goes to `<run_dir>/logs/<name>.log`. `verbose`: echoed to stdout
+    too, prefixed, with gvloop's own events as log lines; otherwise the console shows gvloop's
+    events alone (a live panel on a terminal, or plain lines; `interactive` overrides which)."""
+    run_dir = run_dir or new_run_dir(common.data_dir, demo is not None)
+    state = RunState(run_dir, budget_s=demo.time_budget_s if demo else None)
+    console = None if verbose else open_console(state, interactive)
+    if console is None:
+        state.listeners.append(lambda line: logger.info("%s", line))
+    else:
+        console.start()
+    try:
+        return _run(common, model, ports, demo, env or {}, state, console, verbose)
+    finally:
+        if console is not None:
+            console.stop()
+
+
+def _run(
+    common: CommonSettings,
+    model: str,
+    ports: StackPorts,
+    demo: DemoConfig | None,
+    env: dict[str, str],
+    state: RunState,
+    console: RunConsole | None,
+    verbose: bool,
+) -> list[EvalPoint] | None:
+    from trainer.settings import TrainerSettings
+
+    state.phase = "preparing the model"
     model_path = str(prepare_default_model(common.data_dir)) if model == DEFAULT_MODEL else model
     redis_url, embedded = ensure_redis(common.redis_url, common.data_dir)
+    # the trainer's JSON lines go to the run directory, unless GVLOOP_TRAINER_METRICS_FILE says
+    trainer_jsonl = TrainerSettings().metrics_file or state.run_dir / "trainer-metrics.jsonl"
+    env = {"GVLOOP_TRAINER_METRICS_FILE": str(trainer_jsonl), **env}
     try:
-        with Launcher(common.data_dir / "logs") as launcher:
+        log_dir = state.run_dir / "logs"
+        with Launcher(log_dir, echo=verbose, on_state=state.component) as launcher:
             tokens = Tokens.from_settings()
-            env = {**tokens.client_env(), **(env or {})}
+            env = {**tokens.client_env(), **env}
             components = local_components(model_path, redis_url, common.data_dir, ports, env)
+            state.phase = "starting components"
             for component in components:
                 launcher.start(component)
                 if component.name != "engine":  # the engine loads while the verifier does
                     launcher.wait_ready()
-            logger.info(
-                "pipeline up: POST problems to http://127.0.0.1:%d/problems, verifier at "
-                "http://127.0.0.1:%d/verify, logs in %s",
-                ports.generator,
-                ports.verifier,
-                common.data_dir / "logs",
+            state.event(
+                f"pipeline up in {state.elapsed_s:.0f}s: POST problems to "
+                f"http://127.0.0.1:{ports.generator}/problems, verifier at "
+                f"http://127.0.0.1:{ports.verifier}/verify"
+            )
+            state.phase = "serving (Ctrl-C stops)" if demo is None else "starting the demo"
+            monitor = Monitor(
+                state,
+                trainer_jsonl,
+                generator_metrics_url=f"http://127.0.0.1:{ports.generator}/metrics",
+                queue=open_queue(common, redis_url, consumer="gvloop-monitor"),
+                tensorboard_dir=state.run_dir / "tensorboard",
             )
             if demo is None:
-                launcher.wait()
+                try:
+                    asyncio.run(_supervise(launcher, monitor, console, None))
+                except KeyboardInterrupt:
+                    state.event("Ctrl-C: stopping every component")
                 return None
-            return asyncio.run(_run_demo(launcher, demo, ports, tokens, common.data_dir))
+            work = _run_demo(demo, ports, tokens, common, redis_url, state)
+            return asyncio.run(_supervise(launcher, monitor, console, work))
     finally:
+        state.phase = "stopped"
         if embedded is not None:
             embedded.stop()
 
 
+async def _supervise(
+    launcher: Launcher,
+    monitor: Monitor,
+    console: RunConsole | None,
+    work: Coroutine[Any, Any, T] | None,
+    poll_s: float = 2.0,
+) -> T | None:
+    """Run `work` (None: until Ctrl-C) while checking that no component died (which cancels it)
+    and refreshing what the console shows."""
+    task = asyncio.create_task(work) if work is not None else None
+    try:
+        while task is None or not task.done():
+            launcher.check()
+            await monitor.poll()
+            if console is not None:
+                console.tick()
+            if task is None:
+                await asyncio.sleep(poll_s)
+            else:
+                await asyncio.wait({task}, timeout=poll_s)
+        return task.result()
+    finally:
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await monitor.aclose()
+
+
 async def _run_demo(
-    launcher: Launcher, config: DemoConfig, ports: StackPorts, tokens: Tokens, out_dir: Path
+    config: DemoConfig,
+    ports: StackPorts,
+    tokens: Tokens,
+    common: CommonSettings,
+    redis_url: str,
+    state: RunState,
 ) -> list[EvalPoint]:
     local = "http://127.0.0.1"
     demo = Demo(
@@ -242,11 +337,15 @@ async def _run_demo(
         generator_url=f"{local}:{ports.generator}",
         engine_url=f"{local}:{ports.engine}",
         verifier_url=f"{local}:{ports.verifier}",
-        out_dir=out_dir,
+        out_dir=state.run_dir,
         generator_token=tokens.generator,
         verifier_token=tokens.verifier,
+        queue=open_queue(common, redis_url, consumer="gvloop-demo"),
+        state=state,
     )
     try:
-        return await _watch(launcher, asyncio.create_task(demo.run()))
+        return await demo.run()
     finally:
         await demo.aclose()
+        if demo.queue is not None:
+            await demo.queue.aclose()

@@ -6,12 +6,23 @@ committed. A consumer that dies leaves its samples pending; after `claim_idle_s`
 reclaims them (XAUTOCLAIM), and a restarted consumer with the same name gets its own back first.
 Acked entries are deleted, so the stream length is exactly the backlog of unfinished work: the
 bound counts it, and nothing unconsumed is ever trimmed.
+
+Producers (any number of generator replicas) also hold room for samples they are still
+generating: `reserve` records a reservation in Redis, next to the stream, and a `put` inside it
+turns one reserved slot into a stream entry in the same script, so backlog + reservations never
+pass the bound and a reserved sample always finds room. A reservation lives `reservation_ttl_s`
+unless renewed; a replica that dies stops renewing, and its room comes back once it expires.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
+import uuid
+from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import redis.asyncio as redis
@@ -25,23 +36,101 @@ logger = logging.getLogger(__name__)
 
 PAYLOAD = "sample"
 
-# Check-and-append in one step, so concurrent producers cannot overshoot the bound together.
-_BOUNDED_XADD = """
-if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
-return redis.call('XADD', KEYS[1], '*', ARGV[2], ARGV[3])
+# The scripts' keys: the stream, the reserved samples per reservation id (hash) and each
+# reservation's expiry in ms of Redis' own clock (sorted set), one clock for every replica.
+# Every script first drops expired reservations, so a dead replica's room is never counted.
+_LIVE_RESERVED = """local function live_reserved()
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
+  for _, id in ipairs(expired) do
+    redis.call('HDEL', KEYS[2], id)
+    redis.call('ZREM', KEYS[3], id)
+  end
+  local total = 0
+  for _, n in ipairs(redis.call('HVALS', KEYS[2])) do total = total + tonumber(n) end
+  return now, total
+end
 """
 
 
-class QueueFullError(Exception):
-    """The stream holds `max_backlog` unfinished samples; retry after the trainer catches up."""
+def _script(body: str) -> str:
+    return _LIVE_RESERVED + body
 
-    def __init__(self, stream: str, backlog: int) -> None:
+
+# ARGV: bound, reservation id ('' for none), field, payload. The stream itself never passes the
+# bound (whatever else writes to it); a reserved slot is spent, others' reservations are not.
+_BOUNDED_XADD = _script("""
+local _, reserved = live_reserved()
+local backlog = redis.call('XLEN', KEYS[1])
+if backlog >= tonumber(ARGV[1]) then return false end
+local held = ARGV[2] ~= '' and redis.call('HGET', KEYS[2], ARGV[2])
+if held and tonumber(held) > 1 then
+  redis.call('HINCRBY', KEYS[2], ARGV[2], -1)
+elseif held then
+  redis.call('HDEL', KEYS[2], ARGV[2])
+  redis.call('ZREM', KEYS[3], ARGV[2])
+elseif backlog + reserved >= tonumber(ARGV[1]) then
+  return false
+end
+return redis.call('XADD', KEYS[1], '*', ARGV[3], ARGV[4])
+""")
+
+# ARGV: bound, reservation id, samples, ttl ms. Returns {granted 0/1, backlog, reserved}.
+_RESERVE = _script("""
+local now, reserved = live_reserved()
+local backlog = redis.call('XLEN', KEYS[1])
+local wanted = tonumber(ARGV[3])
+if backlog + reserved + wanted > tonumber(ARGV[1]) then return {0, backlog, reserved} end
+redis.call('HSET', KEYS[2], ARGV[2], wanted)
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[4]), ARGV[2])
+return {1, backlog, reserved + wanted}
+""")
+
+# ARGV: reservation id, ttl ms. Returns 0 if the reservation had expired (it stays gone).
+_RENEW = _script("""
+local now = live_reserved()
+if not redis.call('ZSCORE', KEYS[3], ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[2]), ARGV[1])
+return 1
+""")
+
+_USAGE = _script("""
+local _, reserved = live_reserved()
+return {redis.call('XLEN', KEYS[1]), reserved}
+""")
+
+# The reservation the current task (and the tasks it starts) draws on in `put`: producers
+# stay unaware of it, and a sample put outside any reservation competes for the free room.
+_current_reservation: ContextVar[str] = ContextVar("gvloop_reservation", default="")
+
+
+class QueueFullError(Exception):
+    """The stream's unfinished samples and the room reserved by producers fill the bound;
+    retry after the trainer catches up."""
+
+    def __init__(self, stream: str, backlog: int, reserved: int = 0, wanted: int = 1) -> None:
         super().__init__(
-            f"queue {stream!r} is full ({backlog} unacknowledged samples): "
+            f"queue {stream!r} is full ({backlog} unacknowledged samples, {reserved} reserved "
+            f"for samples being generated; {wanted} more asked): "
             "the trainer is behind; retry later or raise GVLOOP_MAX_BACKLOG"
         )
         self.stream = stream
         self.backlog = backlog
+        self.reserved = reserved
+
+
+@dataclass(frozen=True)
+class Room:
+    """How much of the bound is taken, across every producer."""
+
+    bound: int
+    backlog: int  # unacknowledged samples in the stream
+    reserved: int  # held for samples still being generated (unexpired reservations)
+
+    @property
+    def free(self) -> int:
+        return self.bound - self.backlog - self.reserved
 
 
 @dataclass(frozen=True)
@@ -75,6 +164,7 @@ class SampleQueue:
         max_backlog: int = 10_000,
         claim_idle_s: float = 300.0,
         dead_letter_stream: str | None = None,
+        reservation_ttl_s: float = 30.0,
     ) -> None:
         self._client = client
         self.stream = stream
@@ -83,7 +173,12 @@ class SampleQueue:
         self._max_backlog = max_backlog
         self.claim_idle_ms = int(claim_idle_s * 1000)
         self.dead_letter_stream = dead_letter_stream or f"{stream}:dead"
+        self.reservation_ttl_ms = int(reservation_ttl_s * 1000)
+        self._keys = [stream, f"{stream}:reserved", f"{stream}:reserved:expiry"]
         self._bounded_xadd = client.register_script(_BOUNDED_XADD)
+        self._reserve = client.register_script(_RESERVE)
+        self._renew = client.register_script(_RENEW)
+        self._usage = client.register_script(_USAGE)
         # A restarted consumer first re-reads what it had been given before it died.
         self._own_history_from: str | None = "0"
 
@@ -103,17 +198,80 @@ class SampleQueue:
     # producer side
 
     async def put(self, sample: Sample) -> str:
-        """Append a sample; raise QueueFullError rather than grow past the bound."""
+        """Append a sample, drawing on the current task's reservation if it holds one; raise
+        QueueFullError rather than grow past the bound."""
         entry_id = await self._bounded_xadd(
-            keys=[self.stream], args=[self._max_backlog, PAYLOAD, sample.model_dump_json()]
+            keys=self._keys,
+            args=[
+                self._max_backlog,
+                _current_reservation.get(),
+                PAYLOAD,
+                sample.model_dump_json(),
+            ],
         )
         if entry_id is None:
-            raise QueueFullError(self.stream, await self._client.xlen(self.stream))
+            room = await self.room()
+            raise QueueFullError(self.stream, room.backlog, room.reserved)
         return _text(entry_id)
 
-    async def room(self) -> int:
-        """How many more samples `put` would take now."""
-        return self._max_backlog - await self._client.xlen(self.stream)
+    async def room(self) -> Room:
+        """The bound, the backlog and every producer's reservations, now."""
+        backlog, reserved = await self._usage(keys=self._keys)
+        return Room(self._max_backlog, int(backlog), int(reserved))
+
+    @contextlib.asynccontextmanager
+    async def reserve(self, samples: int) -> AsyncIterator[None]:
+        """Hold room for `samples` puts of this task (and the tasks it starts) until the block
+        ends; renewed meanwhile, so only a dead producer's reservation expires. Raises
+        QueueFullError at once if the room is not free."""
+        reservation = await self.try_reserve(samples)
+        previous = _current_reservation.get()
+        _current_reservation.set(reservation)
+        renewer = asyncio.create_task(self._keep_alive(reservation))
+        try:
+            yield
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(redis.RedisError):  # else it expires on its own
+                await self.release(reservation)
+            # set, not reset by token: a streamed response leaves the block in another task
+            _current_reservation.set(previous)
+
+    async def try_reserve(self, samples: int) -> str:
+        """Reserve room for `samples` for reservation_ttl_s, once; returns the reservation id."""
+        reservation = uuid.uuid4().hex
+        granted, backlog, reserved = await self._reserve(
+            keys=self._keys,
+            args=[self._max_backlog, reservation, samples, self.reservation_ttl_ms],
+        )
+        if not granted:
+            raise QueueFullError(self.stream, int(backlog), int(reserved), samples)
+        return reservation
+
+    async def release(self, reservation: str) -> None:
+        """Give back what a reservation holds unspent."""
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.hdel(self._keys[1], reservation)
+            pipe.zrem(self._keys[2], reservation)
+            await pipe.execute()
+
+    async def _keep_alive(self, reservation: str) -> None:
+        while True:
+            await asyncio.sleep(self.reservation_ttl_ms / 3000)
+            try:
+                alive = await self._renew(
+                    keys=self._keys, args=[reservation, self.reservation_ttl_ms]
+                )
+            except redis.RedisError as exc:
+                logger.warning("renewing reservation %s failed (%s); will retry", reservation, exc)
+                continue
+            if not alive:
+                logger.warning(
+                        "reservation %s expired before its samples were put: they compete "
+                        "for the free room (Redis unreachable longer than %d ms?)",
+                    reservation, self.reservation_ttl_ms,
+                )  # fmt: skip
+                return
 
     # consumer side
 

@@ -174,16 +174,34 @@ class JobStatus(Strict):
 # trainer -> agent_a
 
 
+SwapStrategy = Literal["stage", "reload"]
+
+
 class SwapRequest(Strict):
     checkpoint_dir: Annotated[str, Field(min_length=1, max_length=4096)]
     version: int = Field(ge=0, description="Weight version that the checkpoint becomes.")
+    strategy: SwapStrategy = Field(
+        default="stage",
+        description="stage: every engine reads the checkpoint while it serves, then pauses only "
+        "to flip it in; reload: every engine pauses, then reads it (slower: the baseline).",
+    )
 
 
 class SwapTimings(Strict):
+    """Seconds of each phase of a swap, over every engine."""
+
     pause_s: float
     reload_s: float
+    """Loading inside the pause: the flip of staged weights, or the reload from disk."""
     resume_s: float
+    """Version, prefix-cache reset and resume."""
     total_s: float
+    stage_s: float = 0.0
+    """Staging while the engines serve (stage strategy only)."""
+    stopped_s: float = 0.0
+    """Generation stopped: from the first pause sent to the last engine resumed."""
+    versions_differ_s: float = 0.0
+    """From the first engine serving the new version to the last: while engines disagree."""
 
 
 class SwapResponse(Strict):
@@ -191,6 +209,7 @@ class SwapResponse(Strict):
     checkpoint_dir: str
     engines: int
     timings: SwapTimings
+    strategy: SwapStrategy = "stage"
 
 
 class WeightInfo(Strict):

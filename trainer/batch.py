@@ -87,3 +87,32 @@ def collate(samples: list[Sample], max_seq_len: int, pad_id: int) -> Batch:
         reasoning_score=torch.tensor([f.reasoning_score for f in feedback]),
         is_correct=torch.tensor([float(f.is_correct) for f in feedback]),
     )
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One rank's part of a batch, as micro-batches with the weight of each one's mean loss:
+    its share of the batch's samples times the world size, since DDP and FSDP average the ranks'
+    gradients, so that the update is the one a single process would make on the whole batch.
+    Every rank runs as many micro-batches (FSDP gathers weights in each forward, and DDP syncs
+    in the last backward only): a rank short of samples makes up the count with weight-0 ones."""
+
+    micro_batches: list[Batch]
+    weights: list[float]
+    batch_samples: int
+
+
+def shard_batch(
+    samples: list[Sample], rank: int, world: int, micro_batch_size: int, max_seq_len: int,
+    pad_id: int,
+) -> Shard:  # fmt: skip
+    """Rank `rank`'s shard of `samples` (sorted by length): every world-th sample, so each rank
+    gets as many tokens as the others to within one sample."""
+    mine = samples[rank::world]
+    micro_batches = collate(mine, max_seq_len, pad_id).split(micro_batch_size) if mine else []
+    weights = [m.input_ids.shape[0] * world / len(samples) for m in micro_batches]
+    # rank 0 holds the most samples, so its count is every rank's
+    count = -(-len(samples[0::world]) // micro_batch_size)
+    filler = micro_batches[-1] if micro_batches else collate(samples[:1], max_seq_len, pad_id)
+    padding = count - len(micro_batches)
+    return Shard(micro_batches + [filler] * padding, weights + [0.0] * padding, len(samples))

@@ -14,10 +14,13 @@ import os
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import torch
 from pydantic import BaseModel, Field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from trainer.distributed import load_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -63,28 +66,33 @@ def read_state(path: Path) -> TrainerState:
     return TrainerState.model_validate_json((path / STATE_JSON).read_text())
 
 
-def load_optimizer_state(path: Path, optimizer: torch.optim.Optimizer) -> None:
+def load_optimizer_state(
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> None:
+    """Into this rank's part of the optimizer (its tensors go to the params' device)."""
     state = torch.load(path / STATE_PT, map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])  # moves the tensors to the params' device
+    load_optimizer(model, optimizer, state["optimizer"])
 
 
 def save_checkpoint(
     root: Path,
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    optimizer: torch.optim.Optimizer,
+    model_state: dict[str, Any],
+    optimizer_state: dict[str, Any],
     state: TrainerState,
 ) -> Path:
-    """Write `step_<N>` completely, then make it appear at once; returns its path."""
+    """Write `step_<N>` completely, then make it appear at once; returns its path. The state
+    dicts are full ones (`trainer.distributed.full_state_dicts`); `model` gives the config."""
     final = checkpoint_dir(root, state.step)
     if final.exists():
         raise FileExistsError(f"checkpoint {final} exists: resume should have started after it")
     tmp = root / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, state_dict=model_state, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    torch.save({"optimizer": optimizer.state_dict()}, tmp / STATE_PT)
+    torch.save({"optimizer": optimizer_state}, tmp / STATE_PT)
     # the JSON last: it names the samples this checkpoint commits
     (tmp / STATE_JSON).write_text(state.model_dump_json(indent=1))
     _fsync_tree(tmp)

@@ -24,8 +24,10 @@ def run(
     metrics_port: Annotated[int | None, typer.Option(help="Prometheus port; 0: none.")] = None,
 ) -> None:
     """Train agent A's model on the sample stream: feedback-augmented steps, checkpoints, hot
-    swaps. Every GVLOOP_TRAINER_* setting applies; these options override them."""
+    swaps. Every GVLOOP_TRAINER_* setting applies; these options override them. Run it under
+    torchrun for several processes (DDP, or FSDP2 on GPUs)."""
     import asyncio
+    import os
 
     from services.logs import setup_logging
     from services.processes import exit_if_port_in_use
@@ -47,7 +49,8 @@ def run(
         "metrics_port": metrics_port,
     }
     cfg = TrainerSettings(**{k: v for k, v in options.items() if v is not None})
-    if cfg.metrics_port:
+    # under torchrun (`torchrun --nproc-per-node N -m gvloop trainer run`) only rank 0 serves
+    if cfg.metrics_port and os.environ.get("RANK", "0") == "0":
         exit_if_port_in_use(
             cfg.metrics_host,
             cfg.metrics_port,

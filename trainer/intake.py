@@ -84,16 +84,20 @@ class Intake:
         self._held.update(committed_ids)
 
     async def next_batch(
-        self, served_version: Callable[[], int], stop: asyncio.Event
+        self, served_version: Callable[[], int], stop: asyncio.Event, idle_s: float | None = None
     ) -> list[Delivery]:
-        """Up to batch_size samples to train on: waits for the first one until `stop`, then up
-        to max_wait_s for the rest; stale (judged by the version agent A serves when the sample
-        arrives) and unusable ones are set aside on the way."""
+        """Up to batch_size samples to train on: waits for the first one until `stop` (or for
+        `idle_s`, then returns none), then up to max_wait_s for the rest; stale (judged by the
+        version agent A serves when the sample arrives) and unusable ones are set aside on the
+        way."""
         batch: list[Delivery] = []
         deadline: float | None = None
+        idle_until = time.monotonic() + idle_s if idle_s is not None else None
         self.batch_skipped = 0
         while len(batch) < self.batch_size and not stop.is_set():
             left_ms = READ_BLOCK_MS
+            if deadline is None and idle_until is not None and time.monotonic() >= idle_until:
+                break
             if deadline is not None:
                 left_ms = min(left_ms, int((deadline - time.monotonic()) * 1000))
                 if left_ms <= 0:

@@ -1,5 +1,6 @@
 """What the trainer reports, three ways: one readable log line per event, the same numbers as a
-JSON line in a file, and Prometheus metrics (`gvloop_trainer_*`) on /metrics."""
+JSON line in a file, and Prometheus metrics (`gvloop_trainer_*`) on /metrics; `TensorBoardSink`
+turns those JSON lines into TensorBoard scalars (`gvloop up` does, for its run directory)."""
 
 from __future__ import annotations
 
@@ -175,3 +176,62 @@ class TrainerMetrics:
             self.swap_seconds.observe(seconds)
             self.version.set(version)
         self.event("swap", version=version, outcome=outcome, seconds=seconds, detail=detail)
+
+
+# The JSON line's field -> its TensorBoard tag, slash-grouped so that TensorBoard puts each group
+# in a section of its own.
+STEP_TAGS = {
+    "loss": "loss/total",
+    "ce": "loss/ce",
+    "reward": "loss/reward",
+    "penalty": "loss/penalty",
+    "feedback": "train/feedback",
+    "accuracy": "train/accuracy",
+    "samples": "train/samples",
+    "skipped": "train/skipped",
+    "tokens_per_s": "perf/tokens_per_s",
+    "seconds": "perf/step_seconds",
+    "lr": "optim/lr",
+    "grad_norm": "optim/grad_norm",
+    "lag": "queue/lag",
+    "staleness": "queue/staleness",
+    "version": "weights/version",
+}
+
+
+class TensorBoardSink:
+    """TensorBoard event files from the trainer's JSON lines (`TrainerMetrics.event`): every step
+    field under its `STEP_TAGS` tag, swap and checkpoint times; `scalars` adds others' numbers
+    (the demo's held-out accuracy) to the same run."""
+
+    def __init__(self, log_dir: Path) -> None:
+        # tensorboardX writes the event format without TensorFlow or TensorBoard installed
+        from tensorboardX import SummaryWriter
+
+        self.log_dir = log_dir
+        self._writer = SummaryWriter(str(log_dir), flush_secs=10)
+        self._step = 0
+
+    def record(self, event: dict[str, Any]) -> None:
+        """One parsed JSON line; events that carry no numbers worth plotting are ignored."""
+        wall = event.get("time")
+        if event.get("event") == "step":
+            self._step = int(event["step"])
+            values = {tag: float(event[key]) for key, tag in STEP_TAGS.items() if key in event}
+            self.scalars(self._step, values, wall)
+        elif event.get("event") == "swap" and event.get("outcome") == "ok":
+            self.scalars(self._step, {"weights/swap_seconds": float(event["seconds"])}, wall)
+        elif event.get("event") == "checkpoint":
+            self.scalars(self._step, {"perf/checkpoint_seconds": float(event["seconds"])}, wall)
+
+    def scalars(self, step: int, values: dict[str, float], wall: float | None = None) -> None:
+        for tag, value in values.items():
+            self._writer.add_scalar(tag, value, step, walltime=wall)
+
+    @property
+    def step(self) -> int:
+        """The last trainer step recorded (x of scalars that come from outside the trainer)."""
+        return self._step
+
+    def close(self) -> None:
+        self._writer.close()

@@ -69,6 +69,14 @@ class TrainerSettings(BaseSettings):
     # device
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto: cuda when available."""
+    strategy: Literal["auto", "ddp", "fsdp2"] = "auto"
+    """How the ranks of a torchrun job share the model: ddp (a full replica per rank, gradients
+    averaged) or fsdp2 (weights, gradients and optimizer state sharded across ranks); auto: fsdp2
+    on CUDA (nccl), ddp on the CPU (gloo). A plain process trains alone."""
+    collective_timeout_s: float = Field(default=600.0, gt=0)
+    """Longest wait of any rank for the others in a torchrun job; past it the job fails with an
+    error (and torchrun's --max-restarts restarts it) instead of hanging on a dead or hung rank.
+    Must exceed 2 * max_wait_s: the other ranks wait for rank 0 while it gathers a batch."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Compute dtype (weights and optimizer state stay float32); auto: bfloat16 autocast on a GPU
     that supports it, float32 on the CPU (bf16 matmuls are slow on most CPUs)."""
@@ -84,9 +92,11 @@ class TrainerSettings(BaseSettings):
     generator_url: str = "http://127.0.0.1:8001"
     """Agent A's generator API."""
     generator_token: str | None = None
-    """Bearer token of the generator API (its GVLOOP_GENERATOR_API_TOKEN)."""
+    """Bearer token the trainer swaps with (POST /weights, its only call to the generator API):
+    the generator's GVLOOP_GENERATOR_OPERATOR_TOKEN, or its GVLOOP_GENERATOR_API_TOKEN when it
+    has no operator token."""
     swap_timeout_s: float = Field(default=300.0, gt=0)
-    """Deadline of one POST /weights (agent A pauses, reloads and resumes within it)."""
+    """Deadline of one POST /weights (agent A stages, pauses, flips and resumes within it)."""
     swap_max_backoff_s: float = Field(default=60.0, gt=0)
     """Longest wait between retries of a failed swap (the wait doubles from 1 s)."""
 
@@ -113,6 +123,11 @@ class TrainerSettings(BaseSettings):
         if self.schedule != "constant" and self.decay_steps == 0 and self.max_steps == 0:
             raise ValueError(
                 f"schedule {self.schedule!r} needs decay_steps or max_steps (both are 0)"
+            )
+        if self.collective_timeout_s <= 2 * self.max_wait_s:
+            raise ValueError(
+                f"collective_timeout_s ({self.collective_timeout_s}) must exceed 2 * max_wait_s "
+                f"({self.max_wait_s}): the other ranks wait for rank 0 while it gathers a batch"
             )
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr ({self.min_lr}) exceeds lr ({self.lr})")

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from trainer.batch import Batch
+from trainer.batch import Shard
+from trainer.distributed import all_ranks_sum, full_norm, gradient_sync
 from trainer.loss import feedback_augmented_loss
 from trainer.settings import TrainerSettings
 
@@ -58,57 +59,62 @@ def setup_device(cfg: TrainerSettings) -> tuple[torch.device, torch.dtype | None
 def train_step(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    batch: Batch,
+    shard: Shard,
     lr: float,
     cfg: TrainerSettings,
     device: torch.device,
     amp_dtype: torch.dtype | None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> StepResult | None:
-    """Forward and backward over micro-batches (gradients accumulate), clip, AdamW step.
-    None, with the weights untouched, when `should_stop` says so between micro-batches: a
-    CPU step can take minutes, and its samples stay pending for the next run anyway."""
+    """Forward and backward over this rank's micro-batches (gradients accumulate, then the ranks'
+    are averaged), clip, AdamW step. None, with the weights untouched, when `should_stop` says so
+    between micro-batches: a CPU step can take minutes, and its samples stay pending anyway."""
     model.train()
     for group in optimizer.param_groups:
         group["lr"] = lr
-    n_samples = batch.input_ids.shape[0]
-    sums = torch.zeros(3, device=device)  # ce, reward, penalty summed over samples
-    for micro in batch.split(cfg.micro_batch_size):
+    sums = torch.zeros(6, device=device)  # ce, reward, penalty, S, C, tokens over real samples
+    last = len(shard.micro_batches) - 1
+    for i, (micro, weight) in enumerate(zip(shard.micro_batches, shard.weights, strict=True)):
         if should_stop():
             optimizer.zero_grad(set_to_none=True)
             return None
         micro = micro.to(device)
         amp = torch.autocast(device.type, amp_dtype) if amp_dtype else nullcontext()
-        with amp:
-            logits = model(input_ids=micro.input_ids, attention_mask=micro.attention_mask).logits
-        out = feedback_augmented_loss(
-            logits,  # (b, T, V)
-            micro.target_ids,
-            micro.loss_mask,
-            micro.solution_score,
-            micro.reasoning_score,
-            micro.is_correct,
-            cfg.lambda1,
-            cfg.lambda2,
-            chunk_tokens=cfg.loss_chunk_tokens,
-        )
-        # the batch loss is a mean over all its samples: weigh each micro-batch by its share
-        (out.loss * (micro.input_ids.shape[0] / n_samples)).backward()
-        sums += torch.stack([out.ce.sum(), out.reward.sum(), out.penalty.sum()]).detach()
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        # the ranks' gradients are averaged once, in the last micro-batch's backward
+        with gradient_sync(model, i == last):
+            with amp:
+                output = model(input_ids=micro.input_ids, attention_mask=micro.attention_mask)
+            out = feedback_augmented_loss(
+                output.logits,  # (b, T, V)
+                micro.target_ids,
+                micro.loss_mask,
+                micro.solution_score,
+                micro.reasoning_score,
+                micro.is_correct,
+                cfg.lambda1,
+                cfg.lambda2,
+                chunk_tokens=cfg.loss_chunk_tokens,
+            )
+            (out.loss * weight).backward()
+        if weight:  # not a rank's filler
+            s = (micro.solution_score + micro.reasoning_score) / 2
+            parts = (out.ce, out.reward, out.penalty, s, micro.is_correct, micro.loss_mask)
+            sums += torch.stack([p.sum() for p in parts]).detach()
+    sums = all_ranks_sum(sums)
+    grad_norm = full_norm(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
     # a non-finite gradient would poison every weight: drop this update (the log shows nan)
     if torch.isfinite(grad_norm):
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    ce, reward, penalty = (sums / n_samples).tolist()  # note: a device sync point
-    s = (batch.solution_score + batch.reasoning_score) / 2
+    tokens = int(sums[5])  # note: a device sync point
+    ce, reward, penalty, feedback, accuracy = (sums[:5] / shard.batch_samples).tolist()
     return StepResult(
         loss=ce + reward + penalty,
         ce=ce,
         reward=reward,
         penalty=penalty,
         grad_norm=float(grad_norm),
-        feedback=float(s.mean()),
-        accuracy=float(batch.is_correct.mean()),
-        tokens=batch.completion_tokens,
+        feedback=feedback,
+        accuracy=accuracy,
+        tokens=tokens,
     )

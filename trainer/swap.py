@@ -115,13 +115,14 @@ class SwapPublisher:
         self.served_version = max(self.served_version, response.version)
         t = response.timings
         logger.info(
-            "swap v%d done in %.2fs (agent A: pause %.2fs, reload %.2fs, resume %.2fs, "
-            "%d engines) from %s",
+            "swap v%d done in %.2fs (agent A, %s: stage %.2fs while serving, generation stopped "
+            "%.2fs, of which loading %.2fs; %d engines) from %s",
             version,
             seconds,
-            t.pause_s,
+            response.strategy,
+            t.stage_s,
+            t.stopped_s,
             t.reload_s,
-            t.resume_s,
             response.engines,
             checkpoint,
         )

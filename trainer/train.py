@@ -4,6 +4,9 @@ that commit (and then acknowledge) the samples they trained on, and hot swaps of
 Lifecycle: `setup()` (resume from the newest checkpoint, or start from GVLOOP_MODEL), then
 `main_loop()` until max_steps or SIGTERM/SIGINT, then `stop()`, which commits the steps taken
 since the last checkpoint so a clean stop redoes nothing.
+
+Under torchrun the Worker is rank 0 and the other ranks `follow` its orders (trainer.distributed
+says why): the loop below is the same, each collective an order they all carry out.
 """
 
 from __future__ import annotations
@@ -13,8 +16,12 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
+import torch.distributed as dist
 import transformers
 from transformers import (
     AutoModelForCausalLM,
@@ -29,12 +36,21 @@ from services.queue import open_queue
 from services.redis_server import EmbeddedRedis, ensure_redis
 from services.settings import CommonSettings
 from trainer import ckpt
-from trainer.batch import collate, sequence_length
+from trainer.batch import sequence_length, shard_batch
+from trainer.distributed import (
+    Order,
+    Rank,
+    broadcast,
+    close,
+    full_state_dicts,
+    setup_rank,
+    wrap_model,
+)
 from trainer.intake import Intake
 from trainer.metrics import StepStats, TrainerMetrics
 from trainer.progress import TrainProgress
 from trainer.settings import TrainerSettings
-from trainer.step import get_lr, setup_device, train_step
+from trainer.step import StepResult, get_lr, setup_device, train_step
 from trainer.swap import SwapPublisher
 
 logger = logging.getLogger("trainer")
@@ -49,6 +65,50 @@ def setup_model(
     transformers.utils.logging.disable_progress_bar()
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).to(device)
     return model, AutoTokenizer.from_pretrained(source)
+
+
+class Replica:
+    """One rank's model and optimizer, and the work every rank does on rank 0's orders."""
+
+    def __init__(
+        self, source: str, resume: Path | None, cfg: TrainerSettings, rank: Rank,
+        amp_dtype: torch.dtype | None,
+    ) -> None:  # fmt: skip
+        self.cfg, self.rank, self.amp_dtype = cfg, rank, amp_dtype
+        self.model, self.tokenizer = setup_model(source, rank.device)
+        self.trained = wrap_model(self.model, rank)  # what forward and the optimizer see
+        self.optimizer = setup_optimizer(self.trained, cfg)
+        if resume is not None:
+            ckpt.load_optimizer_state(resume, self.trained, self.optimizer)
+        self.pad_id = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id or 0
+
+    def step(self, order: Order, should_stop: Callable[[], bool]) -> StepResult | None:
+        cfg = self.cfg
+        shard = shard_batch(
+            order.samples, self.rank.rank, self.rank.world, cfg.micro_batch_size,
+            cfg.max_seq_len, self.pad_id,
+        )  # fmt: skip
+        # a rank alone may abandon a step; ranks together must all finish it
+        stop = should_stop if self.rank.world == 1 else lambda: False
+        return train_step(
+            self.trained, self.optimizer, shard, order.lr, cfg, self.rank.device,
+            self.amp_dtype, stop,
+        )  # fmt: skip
+
+    def state_dicts(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        return full_state_dicts(self.trained, self.optimizer)
+
+
+def follow(replica: Replica) -> None:
+    """A rank other than 0: carry out its orders until it says stop."""
+    while True:
+        order = broadcast(Order("idle"))  # what is passed here is only a placeholder
+        if order.kind == "step":
+            replica.step(order, lambda: False)
+        elif order.kind == "commit":
+            replica.state_dicts()  # rank 0 gathers and writes them
+        elif order.kind == "stop":
+            return
 
 
 def setup_optimizer(model: torch.nn.Module, cfg: TrainerSettings) -> torch.optim.AdamW:
@@ -68,7 +128,12 @@ def setup_publisher(cfg: TrainerSettings, metrics: TrainerMetrics, served: int) 
 
 
 class Worker:
-    def __init__(self, cfg: TrainerSettings, common: CommonSettings) -> None:
+    """The trainer, or rank 0 of a torchrun job."""
+
+    def __init__(
+        self, cfg: TrainerSettings, common: CommonSettings, rank: Rank | None = None,
+        amp_dtype: torch.dtype | None = None,
+    ) -> None:  # fmt: skip
         self.cfg = cfg
         self.common = common
         self.root = common.checkpoint_root.resolve()
@@ -76,13 +141,14 @@ class Worker:
             cfg.metrics_file or common.data_dir / "trainer" / "metrics.jsonl"
         )
         self.stopping = asyncio.Event()
-        self.device, self.amp_dtype = setup_device(cfg)
+        if rank is None:
+            device, amp_dtype = setup_device(cfg)
+            rank = setup_rank(cfg, device)
+        self.rank, self.amp_dtype = rank, amp_dtype
         # set by setup()
         self.state: ckpt.TrainerState  # of the last checkpoint (or the start)
         self.step = 0
-        self.model: PreTrainedModel
-        self.tokenizer: PreTrainedTokenizerBase
-        self.optimizer: torch.optim.AdamW
+        self.replica: Replica
         self.intake: Intake
         self.publisher: SwapPublisher | None = None
         self.redis: EmbeddedRedis | None = None
@@ -101,10 +167,9 @@ class Worker:
             source = str(resume)
             self.state = ckpt.read_state(resume)
         self.step = self.state.step
-        self.model, self.tokenizer = setup_model(source, self.device)
-        self.optimizer = setup_optimizer(self.model, cfg)
+        broadcast((source, resume))  # the other ranks start from the same weights
+        self.replica = Replica(source, resume, cfg, self.rank, self.amp_dtype)
         if resume is not None:
-            ckpt.load_optimizer_state(resume, self.optimizer)
             logger.info(
                 "resumed from %s: step %d, v%d, %d committed samples to acknowledge",
                 resume, self.step, self.state.version, len(self.state.committed_ids),
@@ -121,7 +186,7 @@ class Worker:
             max_staleness=cfg.max_staleness,
             skip_groups=cfg.skip_groups,
             max_seq_len=cfg.max_seq_len,
-            vocab_size=self.model.get_input_embeddings().num_embeddings,
+            vocab_size=self.replica.model.get_input_embeddings().num_embeddings,
         )
         await self.intake.until_done("create group", queue.ensure_group)
         self.intake.resume(self.state.committed_ids)
@@ -148,25 +213,25 @@ class Worker:
 
     async def main_loop(self) -> None:
         cfg = self.cfg
-        pad_id = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id or 0
+        # the other ranks wait for orders meanwhile, within the collective timeout
+        idle_s = cfg.collective_timeout_s / 4 if self.rank.world > 1 else None
         show = cfg.progress == "on" or (cfg.progress == "auto" and sys.stdout.isatty())
         with TrainProgress(show, cfg.max_steps, self.step) as progress:
             while not self.done():
                 await self.intake.ack_committed()  # left over if Redis was down at the commit
                 deliveries = await self.intake.next_batch(
-                    lambda: self.served_version, self.stopping
+                    lambda: self.served_version, self.stopping, idle_s
                 )
                 if not deliveries:
+                    await asyncio.to_thread(broadcast, Order("idle"))
                     continue
                 t0 = time.perf_counter()
                 # by length, so that each micro-batch pads only to its own longest sequence
                 samples = sorted((d.sample for d in deliveries), key=sequence_length)
-                batch = collate(samples, cfg.max_seq_len, pad_id)
-                lr = get_lr(self.step + 1, cfg)
-                out = await asyncio.to_thread(
-                    train_step, self.model, self.optimizer, batch, lr, cfg, self.device,
-                    self.amp_dtype, self.stopping.is_set,
-                )  # fmt: skip
+                order = await asyncio.to_thread(
+                    broadcast, Order("step", get_lr(self.step + 1, cfg), samples)
+                )
+                out = await asyncio.to_thread(self.replica.step, order, self.stopping.is_set)
                 if out is None:
                     logger.info(
                         "stopping: step %d abandoned, its samples stay pending", self.step + 1
@@ -183,7 +248,7 @@ class Worker:
                     reward=out.reward, penalty=out.penalty, feedback=out.feedback,
                     accuracy=out.accuracy, samples=len(deliveries),
                     skipped=self.intake.batch_skipped, tokens=out.tokens,
-                    tokens_per_s=out.tokens / seconds, lr=lr, grad_norm=out.grad_norm,
+                    tokens_per_s=out.tokens / seconds, lr=order.lr, grad_norm=out.grad_norm,
                     lag=await self.intake.lag(), staleness=max(0, self.served_version - oldest),
                     version=self.served_version,
                 )  # fmt: skip
@@ -204,9 +269,12 @@ class Worker:
                 "samples_skipped": self.state.samples_skipped + self.intake.skipped,
             }
         )
+        await asyncio.to_thread(broadcast, Order("commit"))
+        model_state, optimizer_state = await asyncio.to_thread(self.replica.state_dicts)
         path = await asyncio.to_thread(
-            ckpt.save_checkpoint, self.root, self.model, self.tokenizer, self.optimizer, state
-        )
+            ckpt.save_checkpoint, self.root, self.replica.model, self.replica.tokenizer,
+            model_state, optimizer_state, state,
+        )  # fmt: skip
         self.state, self.intake.skipped = state, 0
         self.intake.committed()
         self.metrics.record_checkpoint(
@@ -222,8 +290,10 @@ class Worker:
         if self.publisher is not None:
             self.publisher.publish(path, state.version)
 
-    async def stop(self) -> None:
-        if self.step > self.state.step:
+    async def stop(self, collectives: bool = True) -> None:
+        """Commit what is left and release everything; without `collectives` (one failed: the
+        other ranks are gone or stuck) the steps since the last checkpoint are left to redo."""
+        if collectives and self.step > self.state.step:
             logger.info("stopping: committing steps %d..%d", self.state.step + 1, self.step)
             await self.commit()
         if self.publisher is not None:
@@ -233,22 +303,55 @@ class Worker:
         await self.intake.queue.aclose()
         if self.redis is not None:
             self.redis.stop()
+        if collectives:
+            await asyncio.to_thread(broadcast, Order("stop"))
         logger.info("trainer stopped at step %d (v%d)", self.step, self.state.version)
 
 
 async def run(cfg: TrainerSettings, common: CommonSettings) -> None:
-    """The worker until max_steps, SIGTERM or SIGINT (each ends it cleanly)."""
-    worker = Worker(cfg, common)
+    """The worker until max_steps, SIGTERM or SIGINT (each ends it cleanly); under torchrun,
+    rank 0 runs it and the other ranks follow."""
+    device, amp_dtype = setup_device(cfg)
+    rank = setup_rank(cfg, device)
+    try:
+        if rank.leader:
+            await lead(Worker(cfg, common, rank, amp_dtype))
+        else:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, _wait_for_rank_0)
+            source, resume = broadcast((common.model, None))
+            follow(Replica(source, resume, cfg, rank, amp_dtype))
+    except (dist.DistError, RuntimeError) as exc:
+        if rank.world == 1:
+            raise
+        logger.error(
+            "rank %d: a collective failed or timed out (collective_timeout_s %g): another rank "
+            "died or hangs; torchrun restarts the job if --max-restarts allows: %s",
+            rank.rank, cfg.collective_timeout_s, exc,
+        )  # fmt: skip
+        raise
+    finally:
+        close()
+
+
+async def lead(worker: Worker) -> None:
     # Until set up, a signal stops the process at once (nothing to commit yet; a Redis that
     # cannot be reached would otherwise hold it in setup's retries)
     await worker.setup()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _stop_on_signal, worker, sig)
+    failed = True
     try:
         await worker.main_loop()
+        failed = False
     finally:
-        await worker.stop()
+        await worker.stop(collectives=not failed or worker.rank.world == 1)
+
+
+def _wait_for_rank_0(signum: int, frame: object) -> None:
+    # torchrun signals every rank; rank 0 stops them all, after its last commit
+    logger.info("%s: stopping when rank 0 does", signal.Signals(signum).name)
 
 
 def _stop_on_signal(worker: Worker, sig: signal.Signals) -> None:

@@ -4,6 +4,7 @@ the bound, and persistence across a Redis crash."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from services.queue import PAYLOAD, QueueFullError, SampleQueue
+from services.queue import PAYLOAD, QueueFullError, Room, SampleQueue
 from services.redis_server import EmbeddedRedis, connect
 from tests.utils.samples import make_sample
 
@@ -156,13 +157,113 @@ async def test_concurrent_producers_cannot_overshoot_bound(
 
 async def test_room_counts_unacked_samples(redis_client: aioredis.Redis, stream_name: str) -> None:
     queue = await make_queue(redis_client, stream_name, max_backlog=5)
-    assert (queue.bound, await queue.room()) == (5, 5)
+    assert (queue.bound, (await queue.room()).free) == (5, 5)
     for _ in range(2):
         await queue.put(make_sample())
     got = await queue.read(2, block_ms=100)
-    assert await queue.room() == 3  # read but not acked still counts
+    assert (await queue.room()).free == 3  # read but not acked still counts
     await queue.ack([got[0].id])
-    assert await queue.room() == 4
+    assert await queue.room() == Room(bound=5, backlog=1, reserved=0)
+
+
+# Reservations: room held in Redis for samples still being generated, shared by every producer
+# (generator replica) of the stream.
+
+
+async def test_reservations_of_all_producers_count_against_the_bound(
+    redis_client: aioredis.Redis, stream_name: str
+) -> None:
+    one, two = [await make_queue(redis_client, stream_name, max_backlog=5) for _ in range(2)]
+    await one.put(make_sample())
+    await one.try_reserve(3)
+    assert await two.room() == Room(bound=5, backlog=1, reserved=3)
+    with pytest.raises(QueueFullError, match="1 unacknowledged samples, 3 reserved") as refused:
+        await two.try_reserve(2)  # 1 + 3 + 2 > 5
+    assert (refused.value.backlog, refused.value.reserved) == (1, 3)
+    await two.try_reserve(1)
+    # the free room is gone: an unreserved put would take a slot someone holds
+    with pytest.raises(QueueFullError):
+        await two.put(make_sample())
+    assert await redis_client.xlen(stream_name) == 1
+
+
+async def test_put_inside_a_reservation_spends_it_and_never_passes_the_bound(
+    redis_client: aioredis.Redis, stream_name: str
+) -> None:
+    queue = await make_queue(redis_client, stream_name, max_backlog=4)
+    other = await make_queue(redis_client, stream_name, max_backlog=4)
+    async with queue.reserve(3):
+        assert (await queue.room()).reserved == 3
+        await queue.put(make_sample())
+        # one reserved slot became a stream entry: the total stays within the bound
+        assert await queue.room() == Room(bound=4, backlog=1, reserved=2)
+
+        def outside(queue: SampleQueue) -> asyncio.Task[str]:
+            """A put by another producer: a task that holds no reservation."""
+            return asyncio.create_task(queue.put(make_sample()), context=contextvars.Context())
+
+        await outside(other)  # the one free slot, unreserved
+        with pytest.raises(QueueFullError):
+            await outside(other)  # the 2 left are held for `queue`'s samples
+        # tasks started inside the block draw on the reservation too (they copy its context)
+        await asyncio.gather(queue.put(make_sample()), queue.put(make_sample()))
+        assert await queue.room() == Room(bound=4, backlog=4, reserved=0)
+        with pytest.raises(QueueFullError):
+            await queue.put(make_sample())  # spent: a fourth sample finds no room
+    assert await redis_client.xlen(stream_name) == 4
+
+
+async def test_leaving_a_reservation_releases_what_it_did_not_spend(
+    redis_client: aioredis.Redis, stream_name: str
+) -> None:
+    queue = await make_queue(redis_client, stream_name, max_backlog=5)
+    with pytest.raises(RuntimeError):
+        async with queue.reserve(4):
+            await queue.put(make_sample())
+            raise RuntimeError("generation failed")
+    assert await queue.room() == Room(bound=5, backlog=1, reserved=0)
+    # outside any reservation, a put is an ordinary one
+    await queue.put(make_sample())
+    assert (await queue.room()).backlog == 2
+
+
+async def test_a_dead_producers_reservation_expires(
+    redis_client: aioredis.Redis, stream_name: str
+) -> None:
+    dead = await make_queue(redis_client, stream_name, max_backlog=5, reservation_ttl_s=0.3)
+    alive = await make_queue(redis_client, stream_name, max_backlog=5, reservation_ttl_s=0.3)
+    await dead.try_reserve(4)  # and never renews nor releases it
+    with pytest.raises(QueueFullError):
+        await alive.try_reserve(2)
+    await asyncio.sleep(0.4)
+    assert await alive.room() == Room(bound=5, backlog=0, reserved=0)
+    # a live producer's reservation outlives its ttl: it is renewed while held
+    async with alive.reserve(5):
+        await asyncio.sleep(0.8)
+        assert (await dead.room()).reserved == 5
+        with pytest.raises(QueueFullError):
+            await asyncio.create_task(dead.put(make_sample()), context=contextvars.Context())
+        await alive.put(make_sample())
+    assert await alive.room() == Room(bound=5, backlog=1, reserved=0)
+
+
+async def test_concurrent_reservations_cannot_overshoot_bound(
+    redis_client: aioredis.Redis, stream_name: str
+) -> None:
+    queues = [await make_queue(redis_client, stream_name, max_backlog=10) for _ in range(3)]
+
+    async def produce(queue: SampleQueue) -> int:
+        try:
+            async with queue.reserve(3):
+                for _ in range(3):
+                    await queue.put(make_sample())
+        except QueueFullError:
+            return 0
+        return 3
+
+    queued = await asyncio.gather(*(produce(queues[i % 3]) for i in range(12)))
+    # 3 requests of 3 fit in 10, whatever the interleaving... and each put found its room
+    assert sum(queued) == await redis_client.xlen(stream_name) == 9
 
 
 async def test_healthy_until_redis_is_gone(tmp_path: Path) -> None:

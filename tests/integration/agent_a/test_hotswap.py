@@ -1,6 +1,7 @@
 """Hot swaps against a real vLLM CPU engine: weights change under requests in flight, none
 fails, greedy output becomes what the new weights give, and the version served and recorded
-follows; a failed reload recovers the last good weights; bad checkpoints never reach the engine.
+follows; a failed reload recovers the last good weights; a failed stage changes nothing; the
+tied LM head follows the embeddings; bad checkpoints never reach the engine.
 The tests run in order: each starts from the weights the previous one left."""
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ from safetensors.torch import load_file, save_file
 
 from agent_a.errors import DependencyFailedError
 from services.clients import ServiceError
-from services.schemas import GenerateRequest, ProblemIn, SamplingParams, SwapRequest
+from services.schemas import (
+    GenerateRequest,
+    ProblemIn,
+    SamplingParams,
+    SwapRequest,
+    SwapStrategy,
+)
 from tests.integration.agent_a.conftest import Backends, RunningGenerator
 from tests.integration.agent_a.helpers import (
     GREEDY_TOKENS,
@@ -78,8 +85,10 @@ async def test_swap_under_load_changes_output_and_version(
                 task.cancel()
         assert spanning, "the requests ended before the swap"
 
-        assert (swap.version, swap.engines) == (1, 1)
-        assert 0 < swap.timings.pause_s <= swap.timings.total_s
+        assert (swap.version, swap.engines, swap.strategy) == (1, 1, "stage")
+        t = swap.timings
+        assert 0 < t.stage_s < t.total_s and 0 < t.pause_s < t.stopped_s < t.total_s
+        assert t.versions_differ_s == 0  # one engine never disagrees with itself
         results = [s for r in finished for result in r.data for s in result.solutions]
         assert len(results) == IN_FLIGHT and all(s.queued for s in results)
         # One that spanned the swap got tokens from both versions: the one it started on is
@@ -115,7 +124,7 @@ async def test_failed_reload_recovers_last_good_weights(
         # the engine fails mid-swap, with every engine paused.
         vanished = backends.checkpoint_root / "vanished"
         with pytest.raises(DependencyFailedError, match="every engine recovered v1"):
-            await generator.service.swapper.swap(vanished, 2)
+            await generator.service.swapper.swap(vanished, 2, strategy="reload")
 
         assert (await client.weights()).version == 1
         after = await greedy(client)  # the engine resumed, on the last good weights
@@ -129,6 +138,62 @@ async def test_failed_reload_recovers_last_good_weights(
         )
         assert swap.version == 2
         assert (await greedy(client)).weight_version == 2
+
+
+async def test_failed_stage_leaves_the_engine_serving_the_old_version(
+    generator: RunningGenerator, backends: Backends
+) -> None:
+    swaps = swaps_total(generator)
+    async with generator.client() as client:
+        before = await greedy(client)
+        assert before.weight_version == 2
+        # Passed every check, then vanished before the engines staged it
+        vanished = backends.checkpoint_root / "vanished"
+        with pytest.raises(DependencyFailedError, match=r"nothing changed.*never paused"):
+            await generator.service.swapper.swap(vanished, 3)
+
+        async with httpx.AsyncClient(base_url=backends.engine_url, timeout=10) as engine:
+            assert (await engine.get("/is_paused")).json() == {"is_paused": False}
+            assert (await engine.get("/weight_info")).json() == {"weight_version": "2"}
+        assert (await client.weights()).version == 2
+        after = await greedy(client)
+        assert (after.solution, after.weight_version) == (before.solution, 2)
+    assert swaps_total(generator) == swaps + 1  # counted, as abandoned
+    health = await generator.service.health()
+    assert health.status == "ok" and health.engines[0].healthy
+
+
+def embeddings_of(source: Path, donor: Path, target: Path) -> Path:
+    """`source` with the token embeddings of `donor` (tied: the LM head too), nothing else."""
+    shutil.copytree(source, target)
+    tensors = load_file(target / "model.safetensors")
+    name = "model.embed_tokens.weight"
+    tensors[name] = load_file(donor / "model.safetensors")[name]
+    save_file(tensors, target / "model.safetensors", metadata={"format": "pt"})
+    return target
+
+
+@pytest.mark.parametrize("strategy", ["stage", "reload"])
+async def test_tied_lm_head_follows_the_embeddings(
+    generator: RunningGenerator,
+    backends: Backends,
+    redis_client: aioredis.Redis,
+    strategy: SwapStrategy,
+) -> None:
+    # Only the embedding changes: an LM head still computing with the old one (the CPU
+    # backend's packed copy of it) gives other tokens than transformers, which ties them.
+    root = backends.checkpoint_root
+    checkpoint = embeddings_of(root / "base", root / "step_1", root / f"embeddings_{strategy}")
+    async with generator.client() as client:
+        version = (await client.weights()).version + 1
+        await client.swap(
+            SwapRequest(checkpoint_dir=str(checkpoint), version=version, strategy=strategy)
+        )
+        after = await greedy(client)
+    assert after.weight_version == version
+    sample = (await stream_samples(redis_client, generator.common.stream))[after.sample_id]
+    expected = reference_greedy(checkpoint, sample.prompt_token_ids, GREEDY_TOKENS)
+    assert sample.completion_token_ids == expected
 
 
 def reshaped_copy(source: Path, target: Path) -> Path:

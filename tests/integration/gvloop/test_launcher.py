@@ -190,3 +190,16 @@ time.sleep(120)
     while alive(child):
         assert time.monotonic() < deadline, "the child outlived its launcher"
         time.sleep(0.1)
+
+
+def test_each_component_is_announced_ready_once(tmp_path: Path) -> None:
+    # wait_ready runs after every start, over every component started so far
+    port = free_ports(1)[0]
+    told: list[tuple[str, str]] = []
+    with Launcher(tmp_path, echo=False, on_state=lambda *event: told.append(event)) as launcher:
+        launcher.start(Component("web", http_server(port), health_url=f"http://127.0.0.1:{port}/"))
+        launcher.wait_ready()
+        launcher.start(Component("idle", [sys.executable, "-c", "import time; time.sleep(60)"]))
+        launcher.wait_ready()
+        launcher.wait_ready()
+    assert told == [("web", "starting"), ("web", "ready"), ("idle", "starting"), ("idle", "ready")]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -20,65 +19,9 @@ import pytest
 
 from gvloop.preflight import LOCK_NAME
 from gvloop.stack import StackPorts
+from tests.integration.gvloop.up_process import Up
 
 READY = "pipeline up"
-
-
-class Up:
-    """A `gvloop up` process; its output is collected as it comes."""
-
-    def __init__(self, model: Path, data_dir: Path, ports: StackPorts) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GVLOOP_")}
-        env |= {
-            "GVLOOP_DATA_DIR": str(data_dir),
-            "GVLOOP_ENGINE_PORT": str(ports.engine),
-            "GVLOOP_GENERATOR_PORT": str(ports.generator),
-            "GVLOOP_VERIFIER_PORT": str(ports.verifier),
-            "GVLOOP_TRAINER_METRICS_PORT": str(ports.trainer_metrics),
-            "GVLOOP_TRAINER_PROGRESS": "off",
-        }
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gvloop", "up", "--model", str(model)],
-            env=env,
-            cwd=data_dir.parent,  # no ./.env of the repository
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    def wait_for(self, text: str, timeout_s: float = 600) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not any(text in line for line in self.lines):
-            code = self.process.poll()
-            assert code is None, f"gvloop up exited with {code}:\n{self.output[-3000:]}"
-            assert time.monotonic() < deadline, f"no {text!r} in {timeout_s}s:\n{self.output}"
-            time.sleep(0.5)
-
-    def finish(self, timeout_s: float = 120) -> int:
-        code = self.process.wait(timeout_s)
-        self._reader.join(5)
-        return code
-
-    def tree(self) -> list[psutil.Process]:
-        """Every process under it now."""
-        return psutil.Process(self.process.pid).children(recursive=True)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.finish()
 
 
 def survivors(processes: list[psutil.Process]) -> list[str]:

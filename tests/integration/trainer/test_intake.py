@@ -130,3 +130,25 @@ async def test_a_stop_request_ends_the_wait(redis_client, stream_name, tmp_path:
     await asyncio.sleep(0.2)
     stop.set()
     assert await asyncio.wait_for(waiting, timeout=5) == []
+
+
+async def test_an_idle_wait_returns_no_batch_but_never_cuts_one_short(
+    redis_client, stream_name, tmp_path: Path
+) -> None:
+    # rank 0 of a torchrun job returns between samples to tell the other ranks it is alive
+    intake = await make_intake(redis_client, stream_name, tmp_path, max_wait_s=1.5)
+    stop = asyncio.Event()
+    started = asyncio.get_running_loop().time()
+    assert await intake.next_batch(lambda: 0, stop, idle_s=0.2) == []
+    assert asyncio.get_running_loop().time() - started < 1.5
+    # once the first sample is in, the batch waits max_wait_s for the rest, past idle_s
+    producer = SampleQueue(redis_client, stream_name, "trainer")
+    first = await producer.put(make_sample())
+
+    async def put_later() -> str:
+        await asyncio.sleep(0.6)
+        return await producer.put(make_sample())
+
+    later = asyncio.create_task(put_later())
+    batch = await intake.next_batch(lambda: 0, stop, idle_s=0.2)
+    assert [d.id for d in batch] == [first, await later]

@@ -42,6 +42,7 @@ PROFILES = ("gpu", "cpu")
 # the tests supply these.
 TEST_TOKENS = {
     "GVLOOP_GENERATOR_API_TOKEN": "test-token-a",
+    "GVLOOP_GENERATOR_OPERATOR_TOKEN": "test-token-operator",
     "GVLOOP_VERIFIER_API_TOKEN": "test-token-b",
 }
 

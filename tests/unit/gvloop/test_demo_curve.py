@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gvloop.demo import EvalPoint, curve_table, plot_curve
+from gvloop.curve import EvalPoint, curve_table, plot_curve
 
 
 def point(version: int, correct: int, **extra: object) -> EvalPoint:

@@ -8,7 +8,7 @@ import torch
 
 from services.schemas import Feedback
 from tests.utils.samples import make_sample
-from trainer.batch import collate, unusable_reason
+from trainer.batch import collate, shard_batch, unusable_reason
 
 PAD = 0
 
@@ -67,3 +67,28 @@ def test_unusable_reason(prompt: list[int], completion: list[int], reason: str |
     sample = make_sample(prompt_token_ids=prompt, completion_token_ids=completion)
     found = unusable_reason(sample, max_seq_len=4, vocab_size=10)
     assert (found is None) if reason is None else (reason in (found or ""))
+
+
+@pytest.mark.parametrize(
+    ("samples", "world", "micro", "expected"),
+    [
+        # rank: (samples per micro-batch, their weights); weights sum to world over the ranks
+        (5, 2, 2, {0: ([2, 1], [0.8, 0.4]), 1: ([2, 2], [0.8, 0.0])}),  # rank 1 pads to 2
+        (1, 2, 4, {0: ([1], [2.0]), 1: ([1], [0.0])}),  # a rank with no sample runs a filler
+        (4, 1, 3, {0: ([3, 1], [0.75, 0.25])}),  # alone: the shares of the batch
+    ],
+)
+def test_shards_split_a_batch_into_equal_counts_of_weighted_micro_batches(
+    samples: int, world: int, micro: int, expected: dict[int, tuple[list[int], list[float]]]
+) -> None:
+    batch = [make_sample(completion_token_ids=[20 + i]) for i in range(samples)]
+    taken = []
+    for rank, (sizes, weights) in expected.items():
+        shard = shard_batch(batch, rank, world, micro, max_seq_len=64, pad_id=PAD)
+        assert [m.input_ids.shape[0] for m in shard.micro_batches] == sizes
+        assert shard.weights == pytest.approx(weights)
+        assert shard.batch_samples == samples
+        real = [m for m, w in zip(shard.micro_batches, shard.weights, strict=True) if w]
+        taken += [int(row[4]) for m in real for row in m.input_ids]
+    # every sample is trained on by exactly one rank
+    assert sorted(taken) == [20 + i for i in range(samples)]

@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trainer import ckpt
+from trainer.distributed import full_state_dicts
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,8 @@ def state(step: int, ids: list[str] | None = None) -> ckpt.TrainerState:
 
 def test_save_writes_a_complete_loadable_checkpoint(tmp_path: Path, trained) -> None:
     model, tokenizer, optimizer = trained
-    path = ckpt.save_checkpoint(tmp_path, model, tokenizer, optimizer, state(3, ["1-0", "2-0"]))
+    full = full_state_dicts(model, optimizer)
+    path = ckpt.save_checkpoint(tmp_path, model, tokenizer, *full, state(3, ["1-0", "2-0"]))
     assert path == tmp_path / "step_00000003"
     assert [p.name for p in tmp_path.iterdir()] == ["step_00000003"]  # no temporary left
     for name in ("model.safetensors", "config.json", "tokenizer.json", ckpt.STATE_PT):
@@ -43,17 +45,40 @@ def test_save_writes_a_complete_loadable_checkpoint(tmp_path: Path, trained) -> 
     assert ckpt.read_state(path).committed_ids == ["1-0", "2-0"]
 
     fresh = torch.optim.AdamW(loaded.parameters(), lr=1e-3)
-    ckpt.load_optimizer_state(path, fresh)
-    first = next(iter(optimizer.state.values()))
-    restored = next(iter(fresh.state.values()))
-    assert torch.equal(first["exp_avg"], restored["exp_avg"])
-    assert restored["step"] == first["step"]
+    ckpt.load_optimizer_state(path, loaded, fresh)
+    assert_same_optimizer_state(optimizer, fresh)
+
+
+def test_a_checkpoint_of_the_single_process_trainer_still_resumes(tmp_path: Path, trained) -> None:
+    # before torchrun, the optimizer state was saved as optimizer.state_dict(): by param index
+    model, tokenizer, optimizer = trained
+    path = ckpt.save_checkpoint(
+        tmp_path, model, tokenizer, *full_state_dicts(model, optimizer), state(1)
+    )
+    torch.save({"optimizer": optimizer.state_dict()}, path / ckpt.STATE_PT)
+    loaded = AutoModelForCausalLM.from_pretrained(path)
+    fresh = torch.optim.AdamW(loaded.parameters(), lr=1e-3)
+    ckpt.load_optimizer_state(path, loaded, fresh)
+    assert_same_optimizer_state(optimizer, fresh)
+
+
+def assert_same_optimizer_state(
+    saved: torch.optim.Optimizer, loaded: torch.optim.Optimizer
+) -> None:
+    assert len(saved.state) == len(loaded.state) > 0
+    for before, after in zip(saved.state.values(), loaded.state.values(), strict=True):
+        assert torch.equal(before["exp_avg"], after["exp_avg"])
+        assert torch.equal(before["exp_avg_sq"], after["exp_avg_sq"])
+        assert after["step"] == before["step"]
 
 
 def test_an_existing_step_is_never_overwritten(tmp_path: Path, trained) -> None:
     (tmp_path / "step_00000005").mkdir()
     with pytest.raises(FileExistsError, match="step_00000005"):
-        ckpt.save_checkpoint(tmp_path, *trained, state(5))
+        model, tokenizer, optimizer = trained
+        ckpt.save_checkpoint(
+            tmp_path, model, tokenizer, *full_state_dicts(model, optimizer), state(5)
+        )
 
 
 def test_listing_orders_by_step_and_ignores_partial_ones(tmp_path: Path) -> None:

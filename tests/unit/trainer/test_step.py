@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from tests.utils.samples import make_sample
-from trainer.batch import collate
+from trainer.batch import shard_batch
 from trainer.settings import TrainerSettings
 from trainer.step import get_lr, setup_device, train_step
 
@@ -46,6 +46,9 @@ def test_lr_schedule(overrides: dict, step: int, lr: float) -> None:
         ({"schedule": "cosine"}, "needs decay_steps or max_steps"),
         ({"lr": 1e-5, "min_lr": 1e-4}, "min_lr"),
         ({"lambda1": -1}, "lambda1"),
+        # the other ranks of a torchrun job wait for rank 0 while it gathers a batch
+        ({"max_wait_s": 60, "collective_timeout_s": 100}, "collective_timeout_s"),
+        ({"strategy": "zero3"}, "strategy"),
     ],
 )
 def test_settings_refuse_inconsistent_values(overrides: dict, message: str) -> None:
@@ -79,13 +82,14 @@ def test_micro_batches_accumulate_to_the_full_batch_update() -> None:
         make_sample(prompt_token_ids=[1, 2, 3], completion_token_ids=list(range(5, 5 + n)))
         for n in (2, 7, 4)
     ]
-    batch = collate(samples, max_seq_len=64, pad_id=0)
     updated = []
     for micro in (3, 1):
         model = tiny_model()
         optimizer = torch.optim.AdamW(model.parameters())
         cfg = settings(batch_size=3, micro_batch_size=micro)
-        result = train_step(model, optimizer, batch, 1e-3, cfg, torch.device("cpu"), None)
+        shard = shard_batch(samples, 0, 1, micro, max_seq_len=64, pad_id=0)
+        assert len(shard.micro_batches) == 3 // micro
+        result = train_step(model, optimizer, shard, 1e-3, cfg, torch.device("cpu"), None)
         updated.append((result, model))
     (full, full_model), (accumulated, accumulated_model) = updated
     assert accumulated.loss == pytest.approx(full.loss, rel=1e-5)
@@ -96,7 +100,7 @@ def test_micro_batches_accumulate_to_the_full_batch_update() -> None:
 
 
 def test_a_step_changes_the_weights_and_lowers_the_loss_on_the_same_batch() -> None:
-    batch = collate([make_sample(completion_token_ids=[9, 8, 7, 6])], 64, 0)
+    batch = shard_batch([make_sample(completion_token_ids=[9, 8, 7, 6])], 0, 1, 1, 64, 0)
     model = tiny_model()
     before = copy.deepcopy(model.state_dict())
     optimizer = torch.optim.AdamW(model.parameters())
@@ -109,7 +113,7 @@ def test_a_step_changes_the_weights_and_lowers_the_loss_on_the_same_batch() -> N
 
 
 def test_a_stop_request_abandons_the_step_and_leaves_the_weights() -> None:
-    batch = collate([make_sample(completion_token_ids=[9, 8, 7, 6])] * 2, 64, 0)
+    batch = shard_batch([make_sample(completion_token_ids=[9, 8, 7, 6])] * 2, 0, 1, 1, 64, 0)
     model = tiny_model()
     before = copy.deepcopy(model.state_dict())
     optimizer = torch.optim.AdamW(model.parameters())

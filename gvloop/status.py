@@ -1,0 +1,184 @@
+"""`gvloop status`: every component's /health and /metrics, in one table. The URLs and tokens come
+from the same settings the components read, so it works beside `gvloop up` and `docker compose
+up` alike."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import BaseModel
+from rich.table import Table
+
+from services.clients import bearer
+
+Metrics = dict[str, float]
+
+
+class Target(BaseModel):
+    """Where one component answers."""
+
+    name: str
+    health_url: str | None
+    """None: the component serves no /health (the trainer); its /metrics answering is health."""
+    metrics_url: str
+    token: str | None = None
+
+
+class ComponentStatus(BaseModel):
+    name: str
+    url: str
+    state: str
+    """`ok`, the health body's own status (`loading`, `degraded`), or why nothing answered."""
+    healthy: bool
+    metrics: Metrics = {}
+
+
+def local_host(host: str) -> str:
+    """Where a client on this machine reaches a server bound to `host`."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def targets_from_settings() -> list[Target]:
+    """Every component's URLs and the tokens that open them, from GVLOOP_* settings."""
+    from agent_a.settings import EngineSettings, GeneratorSettings
+    from agent_b.settings import VerifierSettings
+    from trainer.settings import TrainerSettings
+
+    engine, generator = EngineSettings(), GeneratorSettings()
+    verifier, trainer = VerifierSettings(), TrainerSettings()
+    urls = {
+        "engine": f"http://{local_host(engine.host)}:{engine.port}",
+        "generator": f"http://{local_host(generator.host)}:{generator.port}",
+        "verifier": f"http://{local_host(verifier.host)}:{verifier.port}",
+        "trainer": f"http://{local_host(trainer.metrics_host)}:{trainer.metrics_port}",
+    }
+    targets = [
+        Target(
+            name="engine",
+            health_url=f"{urls['engine']}/health",
+            metrics_url=f"{urls['engine']}/metrics",
+        ),
+        Target(
+            name="generator",
+            health_url=f"{urls['generator']}/health",
+            metrics_url=f"{urls['generator']}/metrics",
+            token=generator.api_token,
+        ),
+        Target(
+            name="verifier",
+            health_url=f"{urls['verifier']}/health",
+            metrics_url=f"{urls['verifier']}/metrics",
+            token=verifier.api_token,
+        ),
+    ]
+    if trainer.metrics_port:  # 0: the trainer serves no metrics
+        targets.append(
+            Target(name="trainer", health_url=None, metrics_url=f"{urls['trainer']}/metrics")
+        )
+    return targets
+
+
+def parse_metrics(text: str) -> Metrics:
+    """Prometheus text -> {sample name: value}, summed over labels (a counter's outcomes add up
+    to its total), except that `name{part="total"}`-style labelled series stay apart as
+    `name{label=value}`."""
+    metrics: Metrics = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.endswith(("_bucket", "_created")):
+                continue
+            metrics[sample.name] = metrics.get(sample.name, 0.0) + sample.value
+            for label, value in sample.labels.items():
+                key = f"{sample.name}{{{label}={value}}}"
+                metrics[key] = metrics.get(key, 0.0) + sample.value
+    return metrics
+
+
+async def probe(client: httpx.AsyncClient, target: Target) -> ComponentStatus:
+    """One component's health and metrics; a component that does not answer is a row too."""
+    headers = bearer(target.token)
+    url = target.health_url or target.metrics_url
+    state, healthy = "ok", True
+    try:
+        if target.health_url is not None:
+            response = await client.get(target.health_url, headers=headers)
+            body = _json_or_none(response)
+            healthy = response.status_code == 200
+            status = body.get("status") if isinstance(body, dict) else None
+            # vLLM's /health answers 200 with an empty body
+            state = str(status) if status else "ok" if healthy else f"HTTP {response.status_code}"
+        response = await client.get(target.metrics_url, headers=headers)
+        metrics = parse_metrics(response.text) if response.status_code == 200 else {}
+        if target.health_url is None and response.status_code != 200:
+            state, healthy = f"HTTP {response.status_code}", False
+    except httpx.TransportError as exc:
+        return ComponentStatus(
+            name=target.name, url=url, state=f"down ({type(exc).__name__})", healthy=False
+        )
+    return ComponentStatus(name=target.name, url=url, state=state, healthy=healthy, metrics=metrics)
+
+
+async def collect(targets: list[Target], timeout_s: float = 5.0) -> list[ComponentStatus]:
+    async with httpx.AsyncClient(timeout=timeout_s) as client:
+        return list(await asyncio.gather(*(probe(client, t) for t in targets)))
+
+
+def _json_or_none(response: httpx.Response) -> object:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.0f}" if value == int(value) and abs(value) < 1e9 else f"{value:.3g}"
+
+
+# What each component's row shows: (label, metric key) pairs; absent metrics are left out.
+FIGURES: dict[str, list[tuple[str, str]]] = {
+    "engine": [
+        ("running", "vllm:num_requests_running"),
+        ("waiting", "vllm:num_requests_waiting"),
+        ("prompt tok", "vllm:prompt_tokens_total"),
+        ("gen tok", "vllm:generation_tokens_total"),
+    ],
+    "generator": [
+        ("version", "gvloop_generator_weight_version"),
+        ("samples", "gvloop_generator_samples_total"),
+        ("queued", "gvloop_generator_samples_total{queued=true}"),
+        ("in flight", "gvloop_generator_problems_in_flight"),
+        ("swaps ok", "gvloop_generator_swaps_total{outcome=ok}"),
+    ],
+    "verifier": [
+        ("requests", "gvloop_verifier_requests_total"),
+        ("verified", "gvloop_verifier_verifications_total"),
+        ("errors", "gvloop_verifier_errors_total"),
+    ],
+    "trainer": [
+        ("step", "gvloop_trainer_step"),
+        ("loss", "gvloop_trainer_loss{part=total}"),
+        ("acc", "gvloop_trainer_accuracy"),
+        ("tok/s", "gvloop_trainer_tokens_per_second"),
+        ("lag", "gvloop_trainer_queue_lag"),
+        ("version", "gvloop_trainer_weight_version"),
+    ],
+}
+
+
+def figures(row: ComponentStatus) -> str:
+    """The row's key figures, as `label value, ...`."""
+    wanted = FIGURES.get(row.name, [])
+    shown = [(label, row.metrics[key]) for label, key in wanted if key in row.metrics]
+    return ", ".join(f"{label} {_fmt(value)}" for label, value in shown) or "-"
+
+
+def status_table(rows: list[ComponentStatus]) -> Table:
+    table = Table(title="gvloop status")
+    for column in ("component", "url", "state", "figures"):
+        table.add_column(column)
+    for row in rows:
+        state = f"[green]{row.state}[/]" if row.healthy else f"[red]{row.state}[/]"
+        table.add_row(row.name, row.url, state, figures(row))
+    return table

@@ -1,0 +1,93 @@
+"""The run's console: the plain lines a CI log gets, and the live panel a terminal gets, from the
+same state."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from gvloop.console import LiveConsole, PlainConsole, queue_line, swap_line
+from gvloop.curve import EvalPoint
+from gvloop.runstate import RunState
+from services.queue import QueueStats
+
+
+def training_state(tmp_path: Path) -> RunState:
+    state = RunState(tmp_path, budget_s=600)
+    state.training_started = time.monotonic() - 120
+    state.phase = "training"
+    state.queue = QueueStats(length=128, pending=64, oldest_pending_age_s=12.0, dead_letters=0)
+    state.queue_bound = 128
+    state.step = {
+        "step": 7,
+        "loss": 1.5,
+        "ce": 1.25,
+        "reward": -0.5,
+        "penalty": 0.75,
+        "accuracy": 0.31,
+        "tokens_per_s": 812.0,
+        "lr": 2e-5,
+    }
+    return state
+
+
+def test_plain_console_prints_each_event_once_and_progress_once_a_minute(tmp_path: Path) -> None:
+    out = io.StringIO()
+    state = training_state(tmp_path)
+    console = PlainConsole(state, out, progress_every_s=60)
+    state.component("engine", "starting")  # not worth a line: it says nothing yet
+    state.component("engine", "ready")
+    console.tick()  # two minutes into training: a progress line
+    console.tick()  # and not again within the minute
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].endswith("engine ready after 0s")
+    progress = lines[1]
+    assert "7m59s of training left" in progress  # of the 10 minutes, 2 are gone
+    assert "full (128/128): waiting for the trainer" in progress
+    assert "step 7 · loss 1.500 (ce 1.250 reward -0.500 penalty 0.750)" in progress
+
+
+def test_plain_console_is_silent_before_training(tmp_path: Path) -> None:
+    out = io.StringIO()
+    state = RunState(tmp_path, budget_s=600)
+    console = PlainConsole(state, out, progress_every_s=0)
+    console.tick()
+    assert out.getvalue() == ""
+
+
+def test_queue_with_room_shows_depth_and_oldest_pending(tmp_path: Path) -> None:
+    state = training_state(tmp_path)
+    state.queue = QueueStats(length=40, pending=32, oldest_pending_age_s=3.0, dead_letters=0)
+    assert queue_line(state) == "40/128 queued, 32 being trained on, oldest pending 3s"
+    state.feeders_waiting = True  # room is reserved by requests still generating
+    assert queue_line(state) == "full (40/128 + being generated): waiting for the trainer"
+
+
+def test_swap_line_shows_the_generators_phase_timings(tmp_path: Path) -> None:
+    state = training_state(tmp_path)
+    detail = {"version": 3, "timings": {"pause_s": 0.025, "reload_s": 0.5, "total_s": 0.6}}
+    state.swap = {"version": 3, "seconds": 0.7, "detail": json.dumps(detail)}
+    assert swap_line(state) == "v3: POST /weights 0.70s (pause 0.03s, reload 0.50s, total 0.60s)"
+    state.swap["detail"] = "engine 1 failed"  # a detail that is no JSON: the time alone
+    assert swap_line(state) == "v3: POST /weights 0.70s"
+
+
+def test_live_panel_shows_components_queue_trainer_and_curve(tmp_path: Path) -> None:
+    state = training_state(tmp_path)
+    screen = Console(file=io.StringIO(), width=160, force_terminal=False)
+    live = LiveConsole(state, screen)
+    state.component("engine", "ready")
+    state.component("trainer", "starting")
+    state.held_out(EvalPoint(version=0, at_s=0, samples_fed=0, problems=100, correct=20))
+    screen.print(live.render())
+    text = screen.file.getvalue()
+    assert "engine ready" in text and "trainer starting" in text
+    assert "full (128/128): waiting for the trainer" in text
+    assert "v0 20.0%±4.0" in text
+    assert "of training left" in text
+    assert "held-out v0: 20.0% ± 4.0 (100 problems)" in text  # the recent events
