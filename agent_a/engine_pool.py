@@ -105,7 +105,7 @@ class ChatStream:
 
     async def final_version(self) -> int:
         """Once read to the end: the older of the versions before and after, as `chat` gives."""
-        return min(self.version, await self._pool._reported_version(self._engine))
+        return min(self.version, await self._pool.reported_version(self._engine))
 
 
 class EnginePool:
@@ -164,7 +164,7 @@ class EnginePool:
         can only make the recorded version older than some tokens, never newer."""
         async with self._completion(body, stream=False) as (engine, response, version):
             answer = response.json()
-            return answer, min(version, await self._reported_version(engine))
+            return answer, min(version, await self.reported_version(engine))
 
     @contextlib.asynccontextmanager
     async def stream_chat(self, body: dict[str, Any]) -> AsyncIterator[ChatStream]:
@@ -183,7 +183,7 @@ class EnginePool:
         engine.in_flight += 1
         try:
             async with engine.slots:
-                version = await self._reported_version(engine)
+                version = await self.reported_version(engine)
                 response = await request_with_retry(
                     engine.http,
                     "POST",
@@ -284,7 +284,8 @@ class EnginePool:
         answer = await self._control(engine, "GET", "/weight_info")
         return parse_version(str(answer.get("weight_version")))
 
-    async def _reported_version(self, engine: Engine) -> int:
+    async def reported_version(self, engine: Engine) -> int:
+        """The version `engine` serves now; an engine that cannot tell is unavailable (503)."""
         try:
             return await self.weight_version(engine)
         except (EngineCallError, ValueError) as exc:
