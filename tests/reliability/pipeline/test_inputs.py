@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import httpx
@@ -77,6 +78,26 @@ def test_hostile_bodies_get_4xx_with_detail(pipeline: LocalStack, figures: Figur
     )
 
 
+def settled_weights(url: str) -> tuple[dict[str, object], float]:
+    """The served weights and the swap count, once no swap has landed for 30 s: a swap the
+    stopped trainer had posted may still be staging."""
+
+    def read() -> tuple[dict[str, object], float]:
+        weights = httpx.get(f"{url}/weights", headers=AUTH, timeout=10).json()
+        text = httpx.get(f"{url}/metrics", timeout=10).text
+        return weights, metric(text, "gvloop_generator_swaps_total")
+
+    state, unchanged_s = read(), 0.0
+    for _ in range(60):
+        time.sleep(5)
+        latest = read()
+        unchanged_s = unchanged_s + 5 if latest == state else 0.0
+        state = latest
+        if unchanged_s >= 30:
+            break
+    return state
+
+
 def test_weight_paths_outside_the_root_are_refused(
     pipeline: LocalStack, tiny_model_dir: Path, figures: Figures
 ) -> None:
@@ -106,8 +127,9 @@ def test_weight_paths_outside_the_root_are_refused(
         "newline": "step_1\n../../etc",
     }
     url = pipeline.url("generator")
-    before = httpx.get(f"{url}/weights", headers=AUTH, timeout=10).json()
-    swaps = metric(httpx.get(f"{url}/metrics", timeout=10).text, "gvloop_generator_swaps_total")
+    if pipeline.running("trainer"):  # its own swaps would change the version under this test
+        pipeline.stop("trainer")
+    before, swaps = settled_weights(url)
     statuses, wrong = {}, {}
     for cases, expect in ((outside, {403}), (not_a_checkpoint, {400, 403, 422})):
         for name, path in cases.items():
