@@ -51,6 +51,10 @@ class EngineCallError(RuntimeError):
         self.url = url
 
 
+class StageMemoryError(EngineCallError):
+    """An engine refused to stage: its host lacks the memory for a second copy of the weights."""
+
+
 def parse_version(raw: str) -> int:
     """vLLM's weight version string as gvloop's int (0: the base model)."""
     if raw == BASE_VERSION:
@@ -236,11 +240,16 @@ class EnginePool:
     async def stage(self, engine: Engine, checkpoint_dir: str) -> None:
         """Have every worker of the engine read the checkpoint into memory, in its own layout,
         while the engine keeps serving; returns once all hold it (or raises why not)."""
-        await self._rpc(engine, STAGE_METHOD, {"weights_path": checkpoint_dir})
+        headroom = int(self.settings.stage_headroom_gib * 2**30)
+        await self._rpc(
+            engine, STAGE_METHOD, {"weights_path": checkpoint_dir, "headroom_bytes": headroom}
+        )
         deadline = asyncio.get_running_loop().time() + self.settings.reload_timeout_s
         while True:
             states = await self._rpc(engine, STAGE_STATUS_METHOD)
             failed = [s for s in states if s.get("state") not in ("staging", "ready")]
+            if short := [s for s in failed if s.get("short_of_memory")]:
+                raise StageMemoryError(engine.url, "stage", str(short[0].get("error")))
             if failed or not states:
                 cause = failed[0].get("error") or failed[0] if failed else "no worker answered"
                 raise EngineCallError(engine.url, "stage", str(cause))
@@ -260,7 +269,7 @@ class EnginePool:
         await self._rpc(engine, DISCARD_METHOD)
 
     async def _rpc(
-        self, engine: Engine, method: str, kwargs: dict[str, str] | None = None
+        self, engine: Engine, method: str, kwargs: dict[str, Any] | None = None
     ) -> list[dict[str, Any]]:
         """A worker-extension call on every worker of the engine: their answers."""
         timeout = self.settings.control_timeout_s

@@ -9,9 +9,11 @@ old weights must not be reused) and resume. Generation stops for the flip alone,
 engines' versions differ only between their resumes. The reload strategy reads the checkpoint
 inside the pause instead (the baseline). Each phase is timed.
 
-A failed stage changes nothing: no engine paused. If a flip or reload (or what follows it)
-fails on any engine, every engine stays paused while they all reload the last good checkpoint
-(the base model if none); only engines that got it back resume. An engine that cannot recover
+A failed stage changes nothing: no engine paused. An engine whose host lacks the memory for a
+second copy of the weights refuses to stage, and the swap reloads inside the pause instead. If
+a flip or reload (or what follows it) fails on any engine, every engine stays paused while they
+all reload the last good checkpoint (the base model if none); only engines that got it back
+resume. An engine that cannot recover
 stays paused and out of rotation, and the swap reports it.
 
 Version recording: a request frozen by the pause finishes on the new weights, so its tokens
@@ -27,7 +29,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from agent_a.engine_pool import Engine, EnginePool
+from agent_a.engine_pool import Engine, EnginePool, StageMemoryError
 from agent_a.errors import AgentAError, DependencyFailedError, DependencyUnavailableError
 from agent_a.metrics import GeneratorMetrics
 from agent_a.store import WeightsStore
@@ -82,7 +84,11 @@ class HotSwapper:
         targets = await self._live_engines()
         checked = time.perf_counter()
         if strategy == "stage":
-            await self._stage(targets, path, version)
+            try:
+                await self._stage(targets, path, version)
+            except StageMemoryError as exc:
+                logger.warning("v%d: %s: reloading inside the pause instead", version, exc)
+                strategy = "reload"
         stage_s = time.perf_counter() - checked
         # from here to the resume, new requests wait here: one that reached a paused engine
         # would be served by the new weights but recorded with the old version
@@ -100,6 +106,8 @@ class HotSwapper:
             await asyncio.gather(
                 *(self.pool.discard_staged(e) for e in targets), return_exceptions=True
             )
+            if isinstance(exc, StageMemoryError):
+                raise
             self.metrics.swaps.labels("abandoned").inc()
             logger.error("staging %s as v%d failed, nothing changed: %s", path, version, exc)
             raise DependencyFailedError(

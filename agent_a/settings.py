@@ -71,6 +71,10 @@ class GeneratorSettings(BaseSettings):
     """Deadline for each engine control call of a swap: pause, version, cache reset, resume."""
     reload_timeout_s: float = Field(default=600.0, gt=0)
     """Deadline for an engine to reload a checkpoint."""
+    stage_headroom_gib: float = Field(default=1.0, ge=0)
+    """Host memory a stage must leave free, beyond the staged copy of the weights; an engine
+    short of it reloads inside the pause instead (a swap that stops generation longer, rather
+    than an engine killed for memory)."""
     engine_wait_s: float = Field(default=900.0, gt=0)
     """At start-up, how long to wait for every engine to be healthy."""
     retry_attempts: int = Field(default=4, ge=1, le=20)

@@ -32,6 +32,7 @@ never logs these warnings: it leaves layers without checkpoint tensors alone by 
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import threading
 import time
@@ -39,6 +40,7 @@ from dataclasses import dataclass, field
 from types import MethodType
 from typing import Any
 
+import psutil
 import torch
 from vllm.config import set_current_vllm_config
 from vllm.model_executor.layers.attention import is_deferred_attention_layer
@@ -52,7 +54,16 @@ from vllm.model_executor.model_loader.reload.layerwise import LAYERWISE_INFO
 from vllm.model_executor.model_loader.reload.meta import SKIP_LOAD_TENSORS
 from vllm.model_executor.model_loader.reload.sanitize import layer_ref_sentinel
 
-PACK_SLICE_S = 0.02  # per status call: how long packing may hold the engine's thread
+# Packing runs in slices, one per status call, on the engine's thread: a slice may take
+# PACK_SHARE of the time since the previous call (under load, calls wait for the engine's
+# steps, so slices grow with them and a stage does not crawl), between these bounds.
+# under vLLM's logger, whose handler the engine's log has (a logger of ours would have none)
+logger = logging.getLogger("vllm.gvloop_stage")
+
+GIB = 2**30
+PACK_SHARE = 0.5
+PACK_SLICE_MIN_S = 0.02
+PACK_SLICE_MAX_S = 0.2
 # torch.nn.Module's own bookkeeping: a shadow gets its own copies, never handed to the live one
 MODULE_STATE = frozenset({"_parameters", "_buffers", "_modules", "_non_persistent_buffers_set"})
 
@@ -86,6 +97,10 @@ class Stage:
     started: float = field(default_factory=time.perf_counter)
     pending: list[tuple[torch.nn.Module, torch.nn.Module]] | None = None
     """(live layer, its loaded shadow) still to process, once the thread has loaded them."""
+    loaded_s: float = 0.0
+    """Seconds the thread took to load the checkpoint."""
+    slices: int = 0
+    short_of_memory: bool = False
     shadows: list[torch.nn.Module] = field(default_factory=list)
     """Every shadow layer, to release when the stage is dropped."""
     layers: list[LayerFlip] = field(default_factory=list)
@@ -97,6 +112,8 @@ class WeightReloadExtension:
     model_runner: Any
     vllm_config: Any
     _gvloop_stage: Stage | None = None
+    _gvloop_polled: float = 0.0
+    """When the last status call returned (perf_counter): the next slice is sized by the gap."""
     _gvloop_flipped: str | None = None
     """The checkpoint the last flip put in: a second flip of it (an engine reached under two
     URLs gets each call twice) has nothing left to do."""
@@ -117,14 +134,24 @@ class WeightReloadExtension:
                 ):
                     module.quant_method.process_weights_after_loading(module)
 
-    def gvloop_stage_weights(self, weights_path: str) -> None:
-        """Start staging a checkpoint in the background (replacing any staged one)."""
+    def gvloop_stage_weights(self, weights_path: str, headroom_bytes: int = 0) -> None:
+        """Start staging a checkpoint in the background (replacing any staged one), unless the
+        host lacks the memory for a second copy of the weights plus `headroom_bytes`: then the
+        stage fails at once, marked `short_of_memory`."""
         stage = Stage(weights_path)
-        thread = threading.Thread(
+        self._gvloop_replace_stage(stage, None)  # an older stage's memory counts as free
+        need = stage_bytes(self.model_runner.get_model())
+        free = psutil.virtual_memory().available
+        if free < need + headroom_bytes:
+            stage.short_of_memory = True
+            stage.error = (
+                f"staging needs {need / GIB:.1f} GiB of host memory and {headroom_bytes / GIB:.1f}"
+                f" GiB to spare, {free / GIB:.1f} GiB is available"
+            )
+            return
+        threading.Thread(
             target=self._gvloop_run_stage, args=(stage,), name="gvloop-stage", daemon=True
-        )
-        self._gvloop_replace_stage(stage, None)
-        thread.start()
+        ).start()
 
     def gvloop_stage_status(self) -> dict[str, Any]:
         """Advance the stage by one slice of packing, then report it: {"state": "none" |
@@ -133,17 +160,26 @@ class WeightReloadExtension:
         if stage is None:
             return {"state": "none"}
         if stage.pending is not None and stage.staged is None and stage.error is None:
+            gap = time.perf_counter() - self._gvloop_polled
+            budget = min(PACK_SLICE_MAX_S, max(PACK_SLICE_MIN_S, PACK_SHARE * gap))
             try:
-                _pack(stage)
+                _pack(stage, budget)
             except Exception as exc:
                 stage.error = f"{type(exc).__name__}: {exc}"
+        self._gvloop_polled = time.perf_counter()
         if stage.staged is not None:
             state = "ready"
             seconds = stage.staged.seconds
         else:
             state = "failed" if stage.error is not None else "staging"
             seconds = time.perf_counter() - stage.started
-        return {"state": state, "path": stage.path, "seconds": seconds, "error": stage.error}
+        return {
+            "state": state,
+            "path": stage.path,
+            "seconds": seconds,
+            "error": stage.error,
+            "short_of_memory": stage.short_of_memory,
+        }
 
     def gvloop_flip_weights(self, weights_path: str) -> dict[str, Any]:
         """Copy the staged weights of `weights_path` into the live model (engine paused)."""
@@ -183,8 +219,16 @@ class WeightReloadExtension:
             stage.error = f"{type(exc).__name__}: {exc}"
         else:
             stage.shadows, stage.pending = shadows, pending
+            stage.loaded_s = time.perf_counter() - stage.started
             if self._gvloop_stage is not stage:  # dropped while it loaded
                 _release(stage)
+
+
+def stage_bytes(model: torch.nn.Module) -> int:
+    """Host memory a stage of `model` takes at its peak: the loaded copy of every tensor, and
+    the packed GEMMs the CPU backend builds from it (about as large again)."""
+    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    return 2 * sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def load_checkpoint(
@@ -257,17 +301,18 @@ def _clear(layers: list[torch.nn.Module]) -> None:
         layer._modules.clear()
 
 
-def _pack(stage: Stage) -> None:
-    """Process the loaded layers (the CPU backend packs their GEMMs) for up to PACK_SLICE_S,
-    on the engine's own thread, between two of its steps.
+def _pack(stage: Stage, budget_s: float) -> None:
+    """Process the loaded layers (the CPU backend packs their GEMMs) for up to `budget_s`, on
+    the engine's own thread, between two of its steps.
 
     Not on the stage's thread: vLLM's CPU packing (`create_onednn_mm`) and the forward pass
     share oneDNN, not documented as safe to use from two threads at once, and an engine whose
     stage thread packed while it served stalled for minutes once (0.5B model, under load; the
     thread also held the GIL over its copies then, so the cause is not pinned down).
-    Sliced, so that each call holds generation a few ms only (one large layer: longer)."""
+    Sliced, so that each call holds generation briefly (one large layer: longer)."""
     assert stage.pending is not None
-    deadline = time.perf_counter() + PACK_SLICE_S
+    deadline = time.perf_counter() + budget_s
+    stage.slices += 1
     while stage.pending and time.perf_counter() < deadline:
         live, layer = stage.pending.pop(0)
         before = dict(layer.__dict__)
@@ -280,6 +325,10 @@ def _pack(stage: Stage) -> None:
         nbytes = sum(staged.nbytes for flip in stage.layers for _, staged in flip.copies)
         seconds = time.perf_counter() - stage.started
         stage.staged = Staged(stage.path, stage.layers, seconds, nbytes)
+        logger.info(
+            "staged %s in %.2fs: loaded in %.2fs, then packed in %d slices between steps",
+            stage.path, seconds, stage.loaded_s, stage.slices,
+        )  # fmt: skip
 
 
 def _shadow(

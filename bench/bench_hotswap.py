@@ -6,7 +6,9 @@ engine on it. Same model, same machine, one run; the two swap strategies take tu
 The engine and the generator are real `gvloop agent-a engine|serve` processes. Checkpoints are
 hard-linked copies of the model inside a private checkpoint root (what a trainer writes).
 
-    python bench/bench_hotswap.py --model default --swaps 5
+    python bench/bench_hotswap.py --models default,random-1b --swaps 5
+
+With several models it prints, last, how the pause grows with the model's size each way.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import typer
 
 from gvloop.launcher import Component, Launcher
 from gvloop.stack import StackPorts, local_components
+from gvloop.tiny_model import SIZES, parse_random, random_llama
 from services.clients import GeneratorClient
 from services.model_files import resolve_model
 from services.redis_server import EmbeddedRedis
@@ -148,13 +151,16 @@ def restart(launcher: Launcher, engine: Component, checkpoint: Path, engine_url:
     return time.perf_counter() - started
 
 
-def main(
-    model: Annotated[str, typer.Option(help="`default`, or a model directory.")] = "default",
-    swaps: Annotated[int, typer.Option(help="Timed hot swaps (after one warm-up).")] = 5,
-    kv_cache_gib: Annotated[int, typer.Option(help="Engine KV cache (GiB).")] = 2,
-) -> None:
-    common = CommonSettings()
-    model_dir = Path(resolve_model(model, common.data_dir))
+@dataclass
+class Measured:
+    model: str
+    size_mb: float
+    swaps: dict[SwapStrategy, list[Swap]]
+    restart_s: float
+
+
+def measure(model_dir: Path, swaps: int, kv_cache_gib: int) -> Measured:
+    """Every way to load a checkpoint of `model_dir`, on one engine and one generator."""
     with tempfile.TemporaryDirectory(prefix="bench-hotswap-") as tmp:
         data_dir = Path(tmp)
         root = data_dir / "checkpoints"
@@ -183,28 +189,86 @@ def main(
                         hot_swaps(f"http://127.0.0.1:{ports.generator}", engine_url, plan)
                     )
                 restarted = restart(engines, components["engine"], checkpoints[0], engine_url)
-
     size_mb = sum(f.stat().st_size for f in model_dir.glob("*.safetensors")) / 1e6
-    print(f"\nmodel {model_dir.name}, {size_mb:.0f} MB of weights, median of {swaps} swaps each")
+    return Measured(model_dir.name, size_mb, measured, restarted)
+
+
+def table(result: Measured) -> None:
+    timed = {strategy: swaps[1:] for strategy, swaps in result.swaps.items()}  # 1st warms up
+    print(
+        f"\nmodel {result.model}, {result.size_mb:.0f} MB of weights, "
+        f"median of {len(timed['stage'])} swaps each"
+    )
     print(
         "| way to load a checkpoint | generation stopped (s) | longest gap between a streamed "
         "request's tokens (s) | checkpoint to serving (s) |"
     )
     print("|---|---|---|---|")
     for strategy, label in (("stage", "stage, then flip"), ("reload", "reload in the pause")):
-        timed = measured[strategy][1:]  # the first one warms up
-        stage = statistics.median(s.stage_s for s in timed)
-        load = statistics.median(s.load_s for s in timed)
+        stage = statistics.median(s.stage_s for s in timed[strategy])
+        load = statistics.median(s.load_s for s in timed[strategy])
         detail = (
             f"stage {stage:.3f} s while serving, flip {load:.3f} s"
             if strategy == "stage"
             else f"reload {load:.3f} s"
         )
-        stopped = statistics.median(s.stopped_s for s in timed)
-        to_serving = statistics.median(s.to_serving_s for s in timed)
-        gap = statistics.median(s.longest_gap_s for s in timed)
-        print(f"| {label} ({detail}) | {stopped:.3f} | {gap:.3f} | {to_serving:.3f} |")
-    print(f"| engine restart | {restarted:.1f} | {restarted:.1f} | {restarted:.1f} |")
+        to_serving = statistics.median(s.to_serving_s for s in timed[strategy])
+        gap = statistics.median(s.longest_gap_s for s in timed[strategy])
+        pause = stopped(result, strategy)
+        print(f"| {label} ({detail}) | {pause:.3f} | {gap:.3f} | {to_serving:.3f} |")
+    restart_s = result.restart_s
+    print(f"| engine restart | {restart_s:.1f} | {restart_s:.1f} | {restart_s:.1f} |")
+
+
+def stopped(result: Measured, strategy: SwapStrategy) -> float:
+    """Median seconds generation stopped, after the warm-up swap."""
+    return statistics.median(s.stopped_s for s in result.swaps[strategy][1:])
+
+
+def growth(results: list[Measured]) -> None:
+    """Generation stopped per model, each way, and how it grows from the first model."""
+    print(
+        "\n| model | weights (MB) | stopped, stage+flip (s) | stopped, reload (s) | restart (s) |"
+    )
+    print("|---|---|---|---|---|")
+    for r in results:
+        print(
+            f"| {r.model} | {r.size_mb:.0f} | {stopped(r, 'stage'):.3f} "
+            f"| {stopped(r, 'reload'):.3f} | {r.restart_s:.1f} |"
+        )
+    if len(results) > 1:
+        first, last = results[0], results[-1]
+        stage, reload = (stopped(last, s) / stopped(first, s) for s in ("stage", "reload"))
+        print(
+            f"\n{last.model} against {first.model} ({last.size_mb / first.size_mb:.1f}x the "
+            f"weights): generation stops {stage:.1f}x longer with stage+flip, "
+            f"{reload:.1f}x longer with reload"
+        )
+
+
+def main(
+    models: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated: `default`, a model directory, or `random-<size>` "
+            f"(a random Llama built in the data directory; sizes: {', '.join(SIZES)})."
+        ),
+    ] = "default",
+    swaps: Annotated[int, typer.Option(help="Timed hot swaps (after one warm-up).")] = 5,
+    kv_cache_gib: Annotated[int, typer.Option(help="Engine KV cache (GiB).")] = 2,
+) -> None:
+    common = CommonSettings()
+    results = []
+    for name in models.split(","):
+        size = parse_random(name)
+        if size is None:
+            model_dir = Path(resolve_model(name, common.data_dir))
+        else:
+            target = common.data_dir / "models" / f"random-llama-{size}"
+            model_dir = random_llama(target, size, data_dir=common.data_dir)
+        results.append(measure(model_dir, swaps, kv_cache_gib))
+        table(results[-1])
+    growth(results)
 
 
 if __name__ == "__main__":

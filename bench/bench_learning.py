@@ -4,8 +4,10 @@ problems, the same held-out evaluation and the same time budget of training.
 Each gvloop row runs the whole local pipeline (`gvloop up --demo`) with one trainer recipe; the
 naive row (`bench/naive_loop.py`) generates with HF `generate`, grades with the verifier's rules
 and takes the same loss' steps one after the other in one process, with the demo recipe's
-hyperparameters. Time is seconds of training: the naive loop's clock stops while it evaluates
-(generous to it), while gvloop evaluates on the engine as it trains.
+hyperparameters. Time is seconds of training. Both are evaluated the same way and off the
+clock: the naive loop stops its clock while it evaluates; gvloop records when each version
+began to be served and keeps every checkpoint, which the naive loop's evaluation (HF greedy,
+the same held-out problems and grading) measures once the run is over.
 
     python bench/bench_learning.py                                 # addition, 600 s each
     python bench/bench_learning.py --problems words --time-budget 900 --recipes demo
@@ -19,8 +21,16 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
+import torch
 import typer
-from naive_loop import CurvePoint, NaiveConfig, run_naive  # beside this script
+from naive_loop import (  # beside this script
+    CurvePoint,
+    NaiveConfig,
+    evaluate,
+    make_task,
+    run_naive,
+)
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gvloop.curve import EvalPoint, curve_table
 from gvloop.demo import DEMO_RECIPE, DemoConfig
@@ -28,6 +38,7 @@ from gvloop.problems import PROBLEM_SETS
 from gvloop.stack import StackPorts, demo_stack, run_stack
 from services.logs import setup_logging
 from services.settings import CommonSettings
+from trainer.settings import TrainerSettings
 
 # The seed's settings, stated rather than inherited, so that the row means the same whatever
 # the demo's recipe becomes.
@@ -48,6 +59,21 @@ def first_reaching(points: list[tuple[float, float]], accuracy: float) -> float 
     return next((t for t, a in points if a >= accuracy - 1e-9), None)
 
 
+def evaluate_after(curve: list[EvalPoint], base_model: str, cfg: NaiveConfig) -> list[EvalPoint]:
+    """Each served version's checkpoint evaluated as the naive loop evaluates its own: the same
+    held-out problems, HF greedy decoding, the same grading, and off the clock."""
+    _, heldout = make_task(cfg)
+    tok = AutoTokenizer.from_pretrained(base_model)
+    evaluated = []
+    for point in curve:
+        source = point.checkpoint_dir or base_model
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        accuracy = evaluate(model, tok, heldout, cfg)[0]
+        correct = round(accuracy * len(heldout))
+        evaluated.append(point.model_copy(update={"problems": len(heldout), "correct": correct}))
+    return evaluated
+
+
 def main(
     problems: Annotated[str, typer.Option(help=f"One of {sorted(PROBLEM_SETS)}.")] = "addition",
     time_budget: Annotated[float, typer.Option(help="Seconds of training per run.")] = 600,
@@ -65,33 +91,36 @@ def main(
         heldout_file=problem_set.heldout,
         heldout_size=heldout,
         time_budget_s=time_budget,
+        live_eval=False,
+    )
+    _, model, _ = demo_stack(common, common.model)
+    naive_config = NaiveConfig(
+        model=model,
+        task=f"{problem_set.train},{problem_set.heldout}",
+        heldout=heldout,
+        problems_per_step=TrainerSettings().batch_size // config.samples_per_problem,
+        samples_per_problem=config.samples_per_problem,
+        temperature=config.sampling.temperature,
+        max_new_tokens=config.sampling.max_tokens or 48,
+        eval_max_tokens=config.eval_max_tokens,
+        lr=float(DEMO_RECIPE["GVLOOP_TRAINER_LR"]),
+        lambda1=float(DEMO_RECIPE["GVLOOP_TRAINER_LAMBDA1"]),
+        time_budget_s=time_budget,
+        diversity_problems=0,
     )
     curves: dict[str, list[tuple[float, float, float]]] = {}  # (s, accuracy, stderr)
     for name in recipes.split(","):
         started = time.monotonic()
         run_common, model, env = demo_stack(common, common.model)
-        curve: list[EvalPoint] | None = run_stack(
-            run_common, model, StackPorts(), config, env={**env, **RECIPES[name]}
-        )
+        # every checkpoint kept, to be evaluated once the run is over
+        env = {**env, **RECIPES[name], "GVLOOP_TRAINER_KEEP_CHECKPOINTS": "100000"}
+        curve: list[EvalPoint] | None = run_stack(run_common, model, StackPorts(), config, env=env)
         assert curve is not None
+        curve = evaluate_after(curve, model, naive_config)
         print(f"\ngvloop, recipe {name} {RECIPES[name]}, {time.monotonic() - started:.0f}s:")
         print(curve_table(curve))
         curves[f"gvloop {name}"] = [(p.at_s, p.accuracy, p.stderr) for p in curve]
     if naive:
-        naive_config = NaiveConfig(
-            model=model,
-            task=f"{problem_set.train},{problem_set.heldout}",
-            heldout=heldout,
-            problems_per_step=config.problems_per_request,
-            samples_per_problem=config.samples_per_problem,
-            temperature=config.sampling.temperature,
-            max_new_tokens=config.sampling.max_tokens or 48,
-            eval_max_tokens=config.eval_max_tokens,
-            lr=float(DEMO_RECIPE["GVLOOP_TRAINER_LR"]),
-            lambda1=float(DEMO_RECIPE["GVLOOP_TRAINER_LAMBDA1"]),
-            time_budget_s=time_budget,
-            diversity_problems=0,
-        )
         points: list[CurvePoint] = run_naive(naive_config)
         curves["naive"] = [(p.train_s, p.accuracy, p.stderr) for p in points]
     print(f"\nHeld-out accuracy against seconds of training ({problems}, {heldout} problems):")

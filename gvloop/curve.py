@@ -15,10 +15,13 @@ class EvalPoint(BaseModel):
 
     version: int
     at_s: float
-    """Seconds of training when the evaluation started (0 before the first feed)."""
+    """Seconds of training when this version began to be served (0 before the first feed)."""
     samples_fed: int
     problems: int
+    """Held-out problems evaluated; 0: not evaluated (yet)."""
     correct: int
+    checkpoint_dir: str | None = None
+    """The checkpoint served as this version (None: the base model)."""
     sampled: int = 0
     sampled_correct: int = 0
     distinct_fraction: float | None = None
@@ -42,17 +45,21 @@ class EvalPoint(BaseModel):
 def curve_table(curve: list[EvalPoint]) -> str:
     """The curve as a plain-text table (also what the learning benchmark prints)."""
     lines = [
-        "| version | training (s) | samples fed | held-out accuracy | its training samples correct "
-        "| distinct answers |",
+        "| version | served from (s of training) | samples fed | held-out accuracy "
+        "| its training samples correct | distinct answers |",
         "|---|---|---|---|---|---|",
     ]
     for p in curve:
         sampled = "-" if p.sampled_accuracy is None else f"{100 * p.sampled_accuracy:.0f}%"
         distinct = "-" if p.distinct_fraction is None else f"{p.distinct_fraction:.2f}"
+        accuracy = (
+            f"{100 * p.accuracy:.1f}% ± {100 * p.stderr:.1f} ({p.problems})"
+            if p.problems
+            else "not evaluated"
+        )
         lines.append(
-            f"| v{p.version} | {p.at_s:.0f} | {p.samples_fed} | "
-            f"{100 * p.accuracy:.1f}% ± {100 * p.stderr:.1f} ({p.problems}) | {sampled} | "
-            f"{distinct} |"
+            f"| v{p.version} | {p.at_s:.0f} | {p.samples_fed} | {accuracy} | {sampled} "
+            f"| {distinct} |"
         )
     return "\n".join(lines)
 

@@ -65,16 +65,31 @@ class DemoConfig(BaseModel):
     train_file: Path = PROBLEM_SETS["addition"].train
     heldout_file: Path = PROBLEM_SETS["addition"].heldout
     heldout_size: int = Field(default=100, ge=1)
-    problems_per_request: int = Field(default=16, ge=1)
+    problems_per_request: int = Field(default=8, ge=1)
+    """Each feeder request's problems: a request waits for room for all its samples, so
+    smaller ones keep the queue fuller below its bound (and the engine's steps shorter)."""
     samples_per_problem: int = Field(default=4, ge=1)
     concurrent_requests: int = Field(default=2, ge=1)
     sampling: SamplingParams = SamplingParams(temperature=0.8, max_tokens=48)
     eval_max_tokens: int = 48
+    live_eval: bool = True
+    """Evaluate each version on the engine as it comes; False: only record when each began to
+    be served, and its checkpoint (the learning benchmark evaluates those afterwards, off the
+    clock, as it does the naive loop's)."""
     swaps: int | None = Field(default=None, ge=0, description="Stop after this many hot swaps.")
     time_budget_s: float = Field(
         default=900.0, gt=0, description="Seconds of training: feeding stops after this."
     )
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class Served:
+    """When a version began to be served: seconds of training, samples fed by then."""
+
+    at_s: float
+    samples_fed: int
+    checkpoint_dir: str | None
 
 
 @dataclass
@@ -128,7 +143,8 @@ class Demo:
         """Evaluate, then train for the time budget (or until `swaps` hot swaps), evaluating
         each newly served version while the feeders and the trainer go on; returns the curve."""
         model = await self._served_model()
-        curve = [await self.evaluate(model, (await self.generator.weights()).version)]
+        first = await self.generator.weights()
+        curve = [await self.point(model, first.version, Served(0.0, 0, first.checkpoint_dir))]
         self.training_started = time.monotonic()
         if self.state is not None:
             self.state.training_started = self.training_started
@@ -137,42 +153,74 @@ class Demo:
         feeders = [
             asyncio.create_task(self._feed(i, stop)) for i in range(self.config.concurrent_requests)
         ]
+        # A version's point is stamped when it began to be served, not when its evaluation
+        # ends: the evaluation is the benchmark's cost, not the pipeline's (the naive loop's
+        # clock stops while it evaluates). So the served version is watched throughout.
+        served: dict[int, Served] = {}
+        watcher = asyncio.create_task(self._watch_served(served, stop))
         try:
             while not self._finished(curve):
-                await asyncio.sleep(2.0)
-                for feeder in feeders:
-                    if feeder.done():
-                        feeder.result()  # a feeder that failed fails the demo, not silently
-                served = (await self.generator.weights()).version
-                if served != curve[-1].version:
-                    curve.append(await self.evaluate(model, served, curve))
+                await asyncio.sleep(1.0)
+                for task in (*feeders, watcher):
+                    if task.done():
+                        task.result()  # a feeder that failed fails the demo, not silently
+                latest = max(served, default=curve[-1].version)
+                if latest != curve[-1].version:
+                    curve.append(await self.point(model, latest, served[latest], curve))
         finally:
             stop.set()
+            watcher.cancel()
             if self.state is not None:
                 self.state.training_ended = time.monotonic()
                 self.state.phase = "training over: stopping"
             await asyncio.gather(*feeders, return_exceptions=True)
         self._attach_sample_stats(curve)
-        self.save(curve)
+        if self.config.live_eval:
+            self.save(curve)
         return curve
 
-    async def evaluate(
-        self, model: str, version: int, curve: list[EvalPoint] | None = None
+    async def _watch_served(self, served: dict[int, Served], stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            weights = await self.generator.weights()
+            if weights.version not in served:
+                served[weights.version] = Served(
+                    self._training_s(), self.submitted, weights.checkpoint_dir
+                )
+            await asyncio.sleep(0.5)
+
+    async def point(
+        self, model: str, version: int, served: Served, curve: list[EvalPoint] | None = None
     ) -> EvalPoint:
+        """The curve's point of `version`, placed where it began to be served; evaluated now
+        unless the config says afterwards."""
+        point = EvalPoint(
+            version=version,
+            at_s=served.at_s,
+            samples_fed=served.samples_fed,
+            problems=0,
+            correct=0,
+            checkpoint_dir=served.checkpoint_dir,
+        )
+        if not self.config.live_eval:
+            logger.info("v%d served from %.0fs of training", version, served.at_s)
+            return point
+        return await self.evaluate(model, point, curve)
+
+    async def evaluate(
+        self, model: str, point: EvalPoint, curve: list[EvalPoint] | None = None
+    ) -> EvalPoint:
+        """`point` with the held-out accuracy of its version."""
+        version = point.version
         if self.state is not None:
             self.state.phase = f"evaluating v{version} on {len(self.heldout)} held-out problems"
         greedy = SamplingParams(temperature=0.0, max_tokens=self.config.eval_max_tokens)
         solutions = await self._complete(model, self.heldout, greedy)
         graded = await self._grade(self.heldout, solutions)
-        point = EvalPoint(
-            version=version,
-            at_s=self._training_s(),
-            samples_fed=self.submitted,
-            problems=len(graded),
-            correct=sum(ok for ok, _ in graded),
+        point = point.model_copy(
+            update={"problems": len(graded), "correct": sum(ok for ok, _ in graded)}
         )
         logger.info(
-            "held-out v%d after %.0fs of training: accuracy %.1f%% ± %.1f (%d problems)%s",
+            "held-out v%d, served from %.0fs of training: accuracy %.1f%% ± %.1f (%d problems)%s",
             version,
             point.at_s,
             100 * point.accuracy,

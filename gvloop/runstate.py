@@ -60,8 +60,8 @@ class RunState:
         self.curve.append(point)
         self.event(
             f"held-out v{point.version}: {100 * point.accuracy:.1f}% ± {100 * point.stderr:.1f} "
-            f"({point.problems} problems) after {point.at_s:.0f}s of training, "
-            f"{point.samples_fed} samples fed"
+            f"({point.problems} problems), served from {point.at_s:.0f}s of training, "
+            f"{point.samples_fed} samples fed by then"
         )
 
     @property

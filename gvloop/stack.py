@@ -179,8 +179,10 @@ def demo_stack(common: CommonSettings, model: str) -> tuple[CommonSettings, str,
     Each demo starts from the base model: a Redis and checkpoints of its own in
     <data_dir>/demo (emptied first), not those of a stack trained before, which the trainer
     would resume from; prepared models stay where they are. And unless GVLOOP_MAX_BACKLOG is
-    set, the queue holds two trainer batches: generating further ahead of the trainer only
-    makes stale samples, on the CPU the trainer needs, so the feeders get 429s beyond that.
+    set, the queue holds three trainer batches: the one being trained (its samples stay in the
+    stream until its checkpoint acknowledges them) and two ahead, since the recipe skips groups
+    without a right answer (half of them at first) and the trainer should never wait for
+    generation; further ahead would only make stale samples, on the CPU the trainer needs.
     The trainer takes the demo's recipe, except where a GVLOOP_TRAINER_* variable says
     otherwise.
     """
@@ -195,8 +197,8 @@ def demo_stack(common: CommonSettings, model: str) -> tuple[CommonSettings, str,
     env = {"GVLOOP_CHECKPOINT_DIR": str(demo_dir / "checkpoints")}
     update: dict[str, object] = {"data_dir": demo_dir, "checkpoint_dir": None}
     if "max_backlog" not in common.model_fields_set:
-        env["GVLOOP_MAX_BACKLOG"] = str(2 * trainer.batch_size)
-        update["max_backlog"] = 2 * trainer.batch_size  # the demo's feeders wait for this bound
+        env["GVLOOP_MAX_BACKLOG"] = str(3 * trainer.batch_size)
+        update["max_backlog"] = 3 * trainer.batch_size  # the demo's feeders wait for this bound
     for name, value in DEMO_RECIPE.items():
         if name.removeprefix("GVLOOP_TRAINER_").lower() not in trainer.model_fields_set:
             env[name] = value

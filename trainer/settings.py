@@ -80,6 +80,10 @@ class TrainerSettings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Compute dtype (weights and optimizer state stay float32); auto: bfloat16 autocast on a GPU
     that supports it, float32 on the CPU (bf16 matmuls are slow on most CPUs)."""
+    threads: int | None = Field(default=None, ge=1)
+    """CPU threads of each rank (torch.set_num_threads); unset: torch's default, every core.
+    Beside a CPU engine busy on one of 2 cores, one thread beats two (57 s a step against 90 s),
+    but when the engine idles two win: in the demo they do (bench/bench_learning.py)."""
 
     # checkpoints and swaps
     checkpoint_every: int = Field(default=1, ge=1)

@@ -44,7 +44,9 @@ def get_lr(step: int, cfg: TrainerSettings) -> float:
 
 
 def setup_device(cfg: TrainerSettings) -> tuple[torch.device, torch.dtype | None]:
-    """The device, and the autocast dtype (None: plain float32)."""
+    """The device, and the autocast dtype (None: plain float32); sets the CPU threads."""
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("GVLOOP_TRAINER_DEVICE=cuda but torch sees no CUDA device")
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
@@ -54,6 +56,16 @@ def setup_device(cfg: TrainerSettings) -> tuple[torch.device, torch.dtype | None
     ):
         return device, torch.bfloat16
     return device, None
+
+
+def learnt_positions(loss_mask: torch.Tensor) -> torch.Tensor:
+    """The positions some sample of the micro-batch learns from (its completion tokens'): the
+    only ones whose logits the loss reads. The LM head and the softmax over the vocabulary are
+    a fifth of a small model's step, and prompts are often most of each sequence."""
+    keep = loss_mask.any(dim=0).nonzero().squeeze(1)
+    # a micro-batch without a completion token still runs the head once, so that every
+    # parameter takes part in the backward (DDP expects it)
+    return keep if keep.numel() else torch.tensor([loss_mask.shape[1] - 1], device=keep.device)
 
 
 def train_step(
@@ -80,14 +92,19 @@ def train_step(
             return None
         micro = micro.to(device)
         amp = torch.autocast(device.type, amp_dtype) if amp_dtype else nullcontext()
+        keep = learnt_positions(micro.loss_mask)
         # the ranks' gradients are averaged once, in the last micro-batch's backward
         with gradient_sync(model, i == last):
             with amp:
-                output = model(input_ids=micro.input_ids, attention_mask=micro.attention_mask)
+                output = model(
+                    input_ids=micro.input_ids,
+                    attention_mask=micro.attention_mask,
+                    logits_to_keep=keep,
+                )
             out = feedback_augmented_loss(
-                output.logits,  # (b, T, V)
-                micro.target_ids,
-                micro.loss_mask,
+                output.logits,  # (b, len(keep), V)
+                micro.target_ids[:, keep],
+                micro.loss_mask[:, keep],
                 micro.solution_score,
                 micro.reasoning_score,
                 micro.is_correct,

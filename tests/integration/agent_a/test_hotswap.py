@@ -163,6 +163,23 @@ async def test_failed_stage_leaves_the_engine_serving_the_old_version(
     assert health.status == "ok" and health.engines[0].healthy
 
 
+async def test_a_stage_short_of_memory_reloads_in_the_pause(
+    generator: RunningGenerator, backends: Backends, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As on a host without room for a second copy of the weights: the engine measures its own
+    # memory against what the generator asks it to keep free.
+    monkeypatch.setattr(generator.service.pool.settings, "stage_headroom_gib", 2.0**20)
+    async with generator.client() as client:
+        version = (await client.weights()).version + 1
+        checkpoint = backends.checkpoint_root / "step_1"
+        swap = await client.swap(SwapRequest(checkpoint_dir=str(checkpoint), version=version))
+        assert swap.strategy == "reload" and swap.version == version
+        assert swap.timings.reload_s > 0
+        assert (await greedy(client)).weight_version == version
+    async with httpx.AsyncClient(base_url=backends.engine_url, timeout=10) as engine:
+        assert (await engine.get("/is_paused")).json() == {"is_paused": False}
+
+
 def embeddings_of(source: Path, donor: Path, target: Path) -> Path:
     """`source` with the token embeddings of `donor` (tied: the LM head too), nothing else."""
     shutil.copytree(source, target)

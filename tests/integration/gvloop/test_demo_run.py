@@ -109,6 +109,10 @@ def test_demo_output_logs_and_run_directory(demo: Up) -> None:
 
     curve = json.loads((run / "curve.json").read_text())
     assert [p["version"] for p in curve] == list(range(SWAPS + 1))
+    # each point sits where its version began to be served, from the checkpoint it names
+    assert [p["at_s"] for p in curve] == sorted(p["at_s"] for p in curve)
+    assert curve[0]["checkpoint_dir"] is None  # the base model
+    assert all("/step_" in p["checkpoint_dir"] for p in curve[1:]), curve
     assert all(0 <= p["stderr"] <= 0.5 for p in curve)
     assert curve[-1]["samples_fed"] > 0
     assert (run / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from gvloop.curve import EvalPoint, curve_table, plot_curve
+from gvloop.demo import Demo, DemoConfig, Served
 
 
 def point(version: int, correct: int, **extra: object) -> EvalPoint:
@@ -38,3 +39,18 @@ def test_plot_is_a_png(tmp_path: Path) -> None:
     plot_curve(curve, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     json.dumps([p.model_dump() for p in curve])  # the curve's JSON form needs no custom encoder
+
+
+async def test_a_point_left_for_later_is_placed_but_not_evaluated(tmp_path: Path) -> None:
+    # nothing listens at these URLs: a point left for later asks nothing of the services
+    config = DemoConfig(live_eval=False)
+    demo = Demo(config, "http://127.0.0.1:9", "http://127.0.0.1:9", "http://127.0.0.1:9", tmp_path)
+    try:
+        served = Served(at_s=95.0, samples_fed=192, checkpoint_dir="/ckpt/step_00000001")
+        point = await demo.point("model", 1, served)
+    finally:
+        await demo.aclose()
+    assert (point.version, point.at_s, point.samples_fed) == (1, 95.0, 192)
+    assert point.checkpoint_dir == "/ckpt/step_00000001"
+    assert point.problems == 0  # for the learning benchmark to evaluate, off the clock
+    assert "not evaluated" in curve_table([point])

@@ -12,8 +12,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from tests.utils.samples import make_sample
 from trainer.batch import shard_batch
+from trainer.loss import feedback_augmented_loss
 from trainer.settings import TrainerSettings
-from trainer.step import get_lr, setup_device, train_step
+from trainer.step import get_lr, learnt_positions, setup_device, train_step
 
 
 def settings(**overrides: object) -> TrainerSettings:
@@ -97,6 +98,28 @@ def test_micro_batches_accumulate_to_the_full_batch_update() -> None:
     for a, b in zip(full_model.parameters(), accumulated_model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     assert full.tokens == 13 and full.accuracy == 1.0 and full.feedback == pytest.approx(0.9)
+
+
+def test_the_loss_on_kept_positions_is_the_loss_on_every_position() -> None:
+    # completions at different places (prompts of different lengths), and padding
+    samples = [
+        make_sample(prompt_token_ids=list(range(1, 1 + p)), completion_token_ids=[9, 8, 7][:c])
+        for p, c in ((2, 3), (6, 1), (4, 2))
+    ]
+    micro = shard_batch(samples, 0, 1, 3, max_seq_len=64, pad_id=0).micro_batches[0]
+    keep = learnt_positions(micro.loss_mask)
+    assert 0 < len(keep) < micro.loss_mask.shape[1]
+    model = tiny_model()
+    scores = (micro.solution_score, micro.reasoning_score, micro.is_correct, 2.0, 1.0)
+    full = model(input_ids=micro.input_ids, attention_mask=micro.attention_mask).logits
+    expected = feedback_augmented_loss(full, micro.target_ids, micro.loss_mask, *scores)
+    kept = model(
+        input_ids=micro.input_ids, attention_mask=micro.attention_mask, logits_to_keep=keep
+    ).logits
+    targets, mask = micro.target_ids[:, keep], micro.loss_mask[:, keep]
+    got = feedback_augmented_loss(kept, targets, mask, *scores)
+    torch.testing.assert_close(got.loss, expected.loss)
+    assert learnt_positions(torch.zeros(2, 5, dtype=torch.bool)).tolist() == [4]
 
 
 def test_a_step_changes_the_weights_and_lowers_the_loss_on_the_same_batch() -> None:
