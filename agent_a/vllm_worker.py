@@ -32,6 +32,7 @@ never logs these warnings: it leaves layers without checkpoint tensors alone by 
 from __future__ import annotations
 
 import copy
+import gc
 import logging
 import os
 import threading
@@ -140,6 +141,10 @@ class WeightReloadExtension:
         stage fails at once, marked `short_of_memory`."""
         stage = Stage(weights_path)
         self._gvloop_replace_stage(stage, None)  # an older stage's memory counts as free
+        # The weights the last flip replaced (packed GEMMs among them) sit in reference cycles
+        # that only a full collection frees: without one, each swap left about half a model
+        # behind. Here, outside any pause, and before the memory is measured.
+        gc.collect()
         need = stage_bytes(self.model_runner.get_model())
         free = psutil.virtual_memory().available
         if free < need + headroom_bytes:

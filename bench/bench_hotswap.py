@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import os
 import shutil
 import statistics
@@ -26,6 +27,7 @@ from typing import Annotated
 
 import httpx
 import typer
+from safetensors import safe_open
 
 from gvloop.launcher import Component, Launcher
 from gvloop.stack import StackPorts, local_components
@@ -54,6 +56,8 @@ class Swap:
     longest_gap_s: float
     """Longest wait between two tokens of a request streaming through the swap (as a client
     sees it: the pause, and any slowdown while staging)."""
+    fell_back: bool = False
+    """A stage the engine refused for want of host memory: reloaded in the pause instead."""
 
 
 @dataclass
@@ -135,7 +139,10 @@ async def hot_swaps(
                 t = answer.timings
                 await asyncio.sleep(0.5)  # the stream's tokens after the swap close its gap
                 gap = clock.longest_gap(started, swapped)
-                swaps[strategy].append(Swap(t.stopped_s, t.stage_s, t.reload_s, to_serving, gap))
+                fell_back = answer.strategy != strategy
+                swaps[strategy].append(
+                    Swap(t.stopped_s, t.stage_s, t.reload_s, to_serving, gap, fell_back)
+                )
     stop.set()
     await streaming
     return swaps
@@ -154,7 +161,7 @@ def restart(launcher: Launcher, engine: Component, checkpoint: Path, engine_url:
 @dataclass
 class Measured:
     model: str
-    size_mb: float
+    params_m: float
     swaps: dict[SwapStrategy, list[Swap]]
     restart_s: float
 
@@ -189,14 +196,22 @@ def measure(model_dir: Path, swaps: int, kv_cache_gib: int) -> Measured:
                         hot_swaps(f"http://127.0.0.1:{ports.generator}", engine_url, plan)
                     )
                 restarted = restart(engines, components["engine"], checkpoints[0], engine_url)
-    size_mb = sum(f.stat().st_size for f in model_dir.glob("*.safetensors")) / 1e6
-    return Measured(model_dir.name, size_mb, measured, restarted)
+    return Measured(model_dir.name, parameters(model_dir) / 1e6, measured, restarted)
+
+
+def parameters(model_dir: Path) -> int:
+    """Parameters in the model's safetensors files (read from their headers)."""
+    total = 0
+    for path in model_dir.glob("*.safetensors"):
+        with safe_open(path, "pt") as tensors:
+            total += sum(math.prod(tensors.get_slice(k).get_shape()) for k in tensors.keys())
+    return total
 
 
 def table(result: Measured) -> None:
     timed = {strategy: swaps[1:] for strategy, swaps in result.swaps.items()}  # 1st warms up
     print(
-        f"\nmodel {result.model}, {result.size_mb:.0f} MB of weights, "
+        f"\nmodel {result.model}, {result.params_m:.0f}M parameters, "
         f"median of {len(timed['stage'])} swaps each"
     )
     print(
@@ -214,6 +229,9 @@ def table(result: Measured) -> None:
         )
         to_serving = statistics.median(s.to_serving_s for s in timed[strategy])
         gap = statistics.median(s.longest_gap_s for s in timed[strategy])
+        fell_back = sum(s.fell_back for s in timed[strategy])
+        if fell_back:
+            detail += f"; {fell_back} fell back to a reload, short of host memory"
         pause = stopped(result, strategy)
         print(f"| {label} ({detail}) | {pause:.3f} | {gap:.3f} | {to_serving:.3f} |")
     restart_s = result.restart_s
@@ -228,20 +246,20 @@ def stopped(result: Measured, strategy: SwapStrategy) -> float:
 def growth(results: list[Measured]) -> None:
     """Generation stopped per model, each way, and how it grows from the first model."""
     print(
-        "\n| model | weights (MB) | stopped, stage+flip (s) | stopped, reload (s) | restart (s) |"
+        "\n| model | parameters (M) | stopped, stage+flip (s) | stopped, reload (s) | restart (s) |"
     )
     print("|---|---|---|---|---|")
     for r in results:
         print(
-            f"| {r.model} | {r.size_mb:.0f} | {stopped(r, 'stage'):.3f} "
+            f"| {r.model} | {r.params_m:.0f} | {stopped(r, 'stage'):.3f} "
             f"| {stopped(r, 'reload'):.3f} | {r.restart_s:.1f} |"
         )
     if len(results) > 1:
         first, last = results[0], results[-1]
         stage, reload = (stopped(last, s) / stopped(first, s) for s in ("stage", "reload"))
         print(
-            f"\n{last.model} against {first.model} ({last.size_mb / first.size_mb:.1f}x the "
-            f"weights): generation stops {stage:.1f}x longer with stage+flip, "
+            f"\n{last.model} against {first.model} ({last.params_m / first.params_m:.1f}x the "
+            f"parameters): generation stops {stage:.1f}x longer with stage+flip, "
             f"{reload:.1f}x longer with reload"
         )
 
