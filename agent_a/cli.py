@@ -73,7 +73,7 @@ def engine(
     except (PublicBindError, ModelNotPreparedError, PortInUseError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    argv, env = engine_command(path, settings)
+    argv, env = engine_command(path, settings, name=common.model_name)
     logger.info("starting vLLM: %s", " ".join(argv))
     # A child, not an exec: vLLM ignores a SIGTERM that comes while its engine starts, and
     # its engine core outlives it when it is killed; this process sees to both.

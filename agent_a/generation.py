@@ -73,12 +73,6 @@ class Completion:
     finish_reason: str | None
 
 
-def chat_messages(problem: ProblemIn, system_prompt: str | None) -> list[ChatMessage]:
-    """The prompt as sent: the engine applies the model's chat template to it."""
-    system = [ChatMessage(role="system", content=system_prompt)] if system_prompt else []
-    return [*system, ChatMessage(role="user", content=problem.problem)]
-
-
 class Generator:
     def __init__(
         self,
@@ -168,7 +162,7 @@ class Generator:
         prompt = Prompt(
             problem=problem,
             problem_id=problem.id or new_id(),
-            messages=chat_messages(problem, request.system_prompt),
+            messages=problem.chat(request.system_prompt),
             sampling=request.sampling,
         )
         self.metrics.in_flight.inc()
@@ -275,7 +269,10 @@ class Generator:
         batch = VerifyBatchRequest(
             items=[
                 VerifyRequest(
-                    problem=problem.problem, solution=s, reference_answer=problem.reference_answer
+                    problem=problem.problem,
+                    solution=s,
+                    reference_answer=problem.reference_answer,
+                    fields=problem.fields,
                 )
                 for s in solutions
             ]

@@ -111,7 +111,7 @@ async def list_models(service: ServiceDep) -> ModelList:
     card = ModelCard(
         id=pool.model,
         created=int(time.time()),
-        root=pool.model_root,
+        root=pool.model,  # the served name: no client needs a path on this host
         weight_version=service.swapper.weights.version,
     )
     return ModelList(data=[card])

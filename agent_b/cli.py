@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from typing import TYPE_CHECKING, Annotated, Literal
 
@@ -45,11 +46,24 @@ def serve(
     from services.settings import CommonSettings
 
     settings = _settings(host=host, port=port, judge_model=model)
+    _exit_if_function_unloadable(settings)
     exit_if_port_in_use(
         settings.host, settings.port, "choose another port with --port or GVLOOP_VERIFIER_PORT"
     )
     setup_logging(CommonSettings().log_level)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+
+
+def _exit_if_function_unloadable(settings: VerifierSettings) -> None:
+    """A verifier function that cannot be imported is one line and exit 2, before serving."""
+    from agent_b.functions import load_function
+
+    if settings.function:
+        try:
+            load_function(settings.function)
+        except ValueError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
 
 
 async def _verify_local(settings: VerifierSettings, request: VerifyRequest) -> VerifyResponse:
@@ -58,7 +72,7 @@ async def _verify_local(settings: VerifierSettings, request: VerifyRequest) -> V
 
     verifier = setup_verifier(settings, VerifierMetrics())
     try:
-        if request.method != "rule":  # rules alone need no model
+        if request.method not in ("rule", "function"):  # neither needs a model
             await verifier.load()
         return await verifier.verify(request)
     finally:
@@ -79,9 +93,16 @@ def verify(
     ] = None,
     reference: Annotated[str | None, typer.Option(help="Reference final answer.")] = None,
     method: Annotated[
-        Literal["auto", "rule", "model"],
-        typer.Option(help="auto: rule with a reference, else the judge."),
+        Literal["auto", "rule", "model", "function"],
+        typer.Option(
+            help="auto: the verifier function when one is set (GVLOOP_VERIFIER_FUNCTION), else "
+            "rule with a reference, else the judge."
+        ),
     ] = "auto",
+    fields: Annotated[
+        str | None,
+        typer.Option(help="The task row's other fields, a JSON object (for a verifier function)."),
+    ] = None,
     url: Annotated[
         str | None, typer.Option(help="Verifier URL. Default: http://GVLOOP_VERIFIER_HOST:PORT.")
     ] = None,
@@ -94,24 +115,34 @@ def verify(
     model: ModelOption = None,
 ) -> None:
     """Score one solution and print the verifier's JSON answer."""
-    from pydantic import ValidationError
-
-    from agent_b.errors import JudgeUnavailableError
+    from agent_b.errors import VerifierError
     from services.clients import ServiceError, ServiceUnavailableError
     from services.schemas import VerifyRequest
 
     settings = _settings(judge_model=model)
     setup_logging("WARNING", sys.stderr)  # stdout is the JSON answer
     try:
-        request = VerifyRequest(
-            problem=problem, solution=solution, reference_answer=reference, method=method
+        request = VerifyRequest.model_validate(
+            {
+                "problem": problem,
+                "solution": solution,
+                "reference_answer": reference,
+                "method": method,
+                "fields": json.loads(fields or "{}"),
+            }
         )
         if local:
+            _exit_if_function_unloadable(settings)
             response = asyncio.run(_verify_local(settings, request))
         else:
             base = url or f"http://{settings.host}:{settings.port}"
             response = asyncio.run(_verify_remote(base, token or settings.api_token, request))
-    except (ValidationError, JudgeUnavailableError, ServiceError, ServiceUnavailableError) as exc:
+    except (
+        ValueError,  # ValidationError and json's JSONDecodeError among them
+        VerifierError,
+        ServiceError,
+        ServiceUnavailableError,
+    ) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(response.model_dump_json(indent=2))

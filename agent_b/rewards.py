@@ -16,6 +16,7 @@ else `GVLOOP_VERIFIER_HOST`/`_PORT`/`_API_TOKEN`) or, with `local=True`, in this
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future
@@ -37,10 +38,12 @@ from services.schemas import (
 
 T = TypeVar("T")
 
+# What TRL passes a reward function besides the dataset's columns
+TRL_ARGUMENTS = frozenset({"completion_ids", "log_metric", "log_extra", "trainer_state"})
 # Past the verifier's own deadline for a judge answer (120 s by default), so a slow judge
 # comes back as its 503, not as a client timeout.
 CLIENT_TIMEOUT_S = 300.0
-DECIDERS = ("rule", "model", "both")
+DECIDERS = ("rule", "model", "both", "function")
 
 
 def reward_value(verdict: VerifyResponse, field: RewardField) -> float:
@@ -60,9 +63,15 @@ def verdict_logs(verdict: VerifyResponse) -> dict[str, float]:
     }
 
 
-def verify_request(problem: str | None, solution: str, reference: object) -> VerifyRequest:
+def verify_request(
+    problem: str | None,
+    solution: str,
+    reference: object,
+    fields: dict[str, Any] | None = None,
+) -> VerifyRequest:
     """An empty reference leaves the decision to the judge; without a problem only the rules can
-    decide (method 'rule')."""
+    decide (method 'rule'). `fields`: the row's other columns, for a verifier function (made
+    JSON-able as the wire carries them)."""
     reference_answer = None if reference is None or reference == "" else str(reference)
     if not problem and reference_answer is None:
         raise ValueError(
@@ -71,7 +80,11 @@ def verify_request(problem: str | None, solution: str, reference: object) -> Ver
         )
     method = "auto" if problem else "rule"
     return VerifyRequest(
-        problem=problem or None, solution=solution, reference_answer=reference_answer, method=method
+        problem=problem or None,
+        solution=solution,
+        reference_answer=reference_answer,
+        method=method,
+        fields=json.loads(json.dumps(fields or {}, default=str)),
     )
 
 
@@ -139,7 +152,7 @@ class Scorer:
         if self._verifier is None:
             self._verifier = setup_verifier(self.settings, VerifierMetrics())
         # The rules need no model: load the judge only once an item needs it.
-        if any(decided_by(r, self.settings.judge_reasoning) != "rule" for r in requests):
+        if any(decided_by(r, self.settings) not in ("rule", "function") for r in requests):
             if self._loading is None:
                 self._loading = asyncio.ensure_future(self._verifier.load())
             await self._loading
@@ -235,7 +248,8 @@ class VerifierReward:
         completions: list[str | list[dict[str, Any]]],
         **columns: Any,
     ) -> list[float]:
-        """TRL passes `prompts`, `completions`, `completion_ids` and every dataset column."""
+        """TRL passes `prompts`, `completions`, `completion_ids` and every dataset column (the
+        other columns reach a verifier function as its row's fields)."""
         references: list[object] = [None] * len(completions)
         if self.reference_column is not None:
             if self.reference_column not in columns:
@@ -245,9 +259,17 @@ class VerifierReward:
                     "judge decide every completion"
                 )
             references = columns[self.reference_column]
+        rows = [
+            {
+                k: v[i]
+                for k, v in columns.items()
+                if k not in TRL_ARGUMENTS | {self.reference_column}
+            }
+            for i in range(len(completions))
+        ]
         requests = [
-            verify_request(message_text(p, "user"), message_text(c, "assistant"), r)
-            for p, c, r in zip(prompts, completions, references, strict=True)
+            verify_request(message_text(p, "user"), message_text(c, "assistant"), r, row)
+            for p, c, r, row in zip(prompts, completions, references, rows, strict=True)
         ]
         verdicts = await self.scorer.score(requests)
         if (log_metric := columns.get("log_metric")) is not None:
@@ -321,7 +343,8 @@ def compute_score(
         if scorer is None:
             scorer = _scorers[(url, token, local)] = Scorer(VerifierSettings(), url, token, local)
     problem = (extra_info or {}).get(problem_key)
-    [verdict] = scorer.score_sync([verify_request(problem, solution_str, ground_truth)])
+    fields = {"data_source": data_source, **(extra_info or {})}
+    [verdict] = scorer.score_sync([verify_request(problem, solution_str, ground_truth, fields)])
     return {
         "score": reward_value(verdict, field or scorer.settings.reward_field),
         **verdict_logs(verdict),

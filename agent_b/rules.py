@@ -3,7 +3,7 @@ re-check the arithmetic the solution writes out.
 
 Everything here is deterministic and never raises on any text; `math_equivalent` calls
 math-verify, whose timeouts need a main thread, so the service runs it in worker processes
-(`agent_b/equivalence.py`).
+(`agent_b/workers.py`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """From a request to a verdict: the rules, the judge, and how their numbers combine.
 
 Which method decides (`decided_by`):
+- `function` (method "function", or "auto" when GVLOOP_VERIFIER_FUNCTION names one): the
+  user's verifier function alone (`agent_b/functions.py`), in the rule workers; its scores
+  stand as it returned them.
 - `rule`   (method "rule", or "auto" with a reference answer, the default for the pipeline):
   rules only, the judge is never called.
 - `both`   (method "auto" with a reference answer and `judge_reasoning` on): the rule decides
@@ -40,15 +43,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Literal
 
-from agent_b.equivalence import EquivalencePool
 from agent_b.errors import JudgeUnavailableError
+from agent_b.functions import FunctionFailedError, load_function
 from agent_b.judges import Judge, JudgeQuery, Question, setup_judge
 from agent_b.metrics import VerifierMetrics
 from agent_b.rules import ArithmeticCheck, check_arithmetic, extract_answer
 from agent_b.settings import VerifierSettings
-from services.schemas import VerifyRequest, VerifyResponse
+from agent_b.workers import RuleWorkers
+from services.schemas import DecidedBy, VerifyRequest, VerifyResponse
 
 logger = logging.getLogger(__name__)
 
@@ -65,10 +68,12 @@ def compute_reasoning_score(
     return weight * arithmetic.fraction + (1 - weight) * judge
 
 
-def decided_by(request: VerifyRequest, judge_reasoning: bool) -> Literal["rule", "model", "both"]:
+def decided_by(request: VerifyRequest, settings: VerifierSettings) -> DecidedBy:
+    if request.method == "function" or (request.method == "auto" and settings.function):
+        return "function"
     if request.method == "model" or request.reference_answer is None:
         return "model"
-    if request.method == "rule" or not judge_reasoning:
+    if request.method == "rule" or not settings.judge_reasoning:
         return "rule"
     return "both"
 
@@ -79,20 +84,20 @@ class Verifier:
     def __init__(
         self,
         settings: VerifierSettings,
-        equivalence: EquivalencePool,
+        workers: RuleWorkers,
         judge: Judge,
         metrics: VerifierMetrics,
     ) -> None:
         self.settings = settings
-        self.equivalence = equivalence
+        self.workers = workers
         self.judge = judge
         self.metrics = metrics
         self.load_error: str | None = None
 
     async def load(self) -> None:
-        """Warm the math-verify workers and load the judge; a failure is kept for /health."""
+        """Warm the rule workers and load the judge; a failure is kept for /health."""
         try:
-            await asyncio.gather(self.equivalence.warm_up(), self.judge.load())
+            await asyncio.gather(self.workers.warm_up(), self.judge.load())
         except Exception as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"
             logger.error("judge failed to load (%s): %s", self.judge.name, self.load_error)
@@ -115,8 +120,10 @@ class Verifier:
 
     async def verify(self, request: VerifyRequest) -> VerifyResponse:
         started = time.perf_counter()
-        method = decided_by(request, self.settings.judge_reasoning)
+        method = decided_by(request, self.settings)
         extracted = extract_answer(request.solution)
+        if method == "function":
+            return await self._by_function(request, extracted, started)
         arithmetic = check_arithmetic(request.solution)
         p_correct: float | None = None
         if method == "model":
@@ -151,10 +158,33 @@ class Verifier:
             latency_ms=(time.perf_counter() - started) * 1000,
         )
 
+    async def _by_function(
+        self, request: VerifyRequest, extracted: str | None, started: float
+    ) -> VerifyResponse:
+        if not self.settings.function:
+            raise FunctionFailedError(
+                "method 'function' needs a verifier function: this server has none "
+                "(GVLOOP_VERIFIER_FUNCTION)"
+            )
+        try:
+            verdict = await self.workers.call_function(request)
+        except FunctionFailedError as exc:
+            self.metrics.errors.labels("function_failed").inc()
+            logger.warning("%s", exc)
+            raise
+        self.metrics.verifications.labels("function", str(verdict.is_correct).lower()).inc()
+        return VerifyResponse(
+            **verdict.model_dump(exclude={"answer"}),
+            extracted_answer=verdict.answer or extracted,
+            decided_by="function",
+            model=self.settings.function,
+            latency_ms=(time.perf_counter() - started) * 1000,
+        )
+
     async def _equivalent(self, extracted: str | None, reference: str) -> bool | None:
         if extracted is None:
             return False
-        equivalent = await self.equivalence.equivalent(extracted, reference)
+        equivalent = await self.workers.equivalent(extracted, reference)
         if equivalent is None:
             self.metrics.errors.labels("comparison_undecided").inc()
         return equivalent
@@ -165,7 +195,7 @@ class Verifier:
 
     async def aclose(self) -> None:
         await self.judge.aclose()
-        self.equivalence.close()
+        self.workers.close()
 
 
 async def _none() -> None:
@@ -173,6 +203,11 @@ async def _none() -> None:
 
 
 def setup_verifier(settings: VerifierSettings, metrics: VerifierMetrics) -> Verifier:
-    """The verifier the settings describe; `await verifier.load()` before asking the judge."""
-    pool = EquivalencePool(settings.rule_workers, settings.rule_timeout_s)
-    return Verifier(settings, pool, setup_judge(settings, metrics), metrics)
+    """The verifier the settings describe; `await verifier.load()` before asking the judge.
+    A verifier function that cannot be loaded raises ValueError here, before anything starts."""
+    if settings.function:
+        load_function(settings.function)
+    workers = RuleWorkers(
+        settings.rule_workers, settings.rule_timeout_s, settings.function, settings.threshold
+    )
+    return Verifier(settings, workers, setup_judge(settings, metrics), metrics)

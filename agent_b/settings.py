@@ -51,16 +51,25 @@ class VerifierSettings(BaseSettings):
     judge_timeout_s: float = Field(default=120.0, gt=0)
     """Deadline for one judge answer, queueing included; past it the request gets 503."""
     threshold: float = Field(default=0.5, ge=0.0, le=1.0)
-    """is_correct from the judge: p(Yes) >= threshold."""
+    """is_correct from the judge, p(Yes) >= threshold, and from a verifier function that
+    returns one number, score >= threshold."""
+    function: str | None = None
+    """Your own verifier function, `my_pkg.checks:score` or `/path/checks.py:score`, called as
+    `score(problem, solution, reference_answer, **fields)` in the rule workers, returning a
+    number in [0, 1] or solution_score, reasoning_score and is_correct
+    (`agent_b/functions.py`). Set, it decides every request of method auto; unset: the rules
+    and the judge do."""
     judge_reasoning: bool = False
     """Also ask the judge about the steps when a reference answer decides correctness (method
     auto; the judge is always asked without a reference). Off by default: a judge as small as
     the default model verifies barely better than chance, and on a CPU its forward pass costs
     about as much as generating the sample. Turn it on with a judge that can verify."""
     rule_workers: int = Field(default=2, ge=1, le=64)
-    """Processes running math-verify (its signal-based timeouts need a main thread)."""
+    """Processes running math-verify (its signal-based timeouts need a main thread) and the
+    verifier function."""
     rule_timeout_s: float = Field(default=10.0, gt=0)
-    """Hard deadline for one answer comparison; the worker is killed past it."""
+    """Hard deadline for one answer comparison or verifier function call; the worker is
+    killed past it."""
     max_body_bytes: int = Field(default=4_000_000, ge=1024)
     """Larger request bodies get 413 (a full batch of 256 long items is about 2 MB)."""
     reward_field: RewardField = "combined"

@@ -35,7 +35,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from gvloop.curve import EvalPoint, curve_table
 from gvloop.demo import DEMO_RECIPE, DemoConfig
 from gvloop.problems import PROBLEM_SETS
-from gvloop.stack import StackPorts, demo_stack, run_stack
+from gvloop.stack import StackPorts, run_stack, training_stack
 from services.logs import setup_logging
 from services.settings import CommonSettings
 from trainer.settings import TrainerSettings
@@ -93,7 +93,7 @@ def main(
         time_budget_s=time_budget,
         live_eval=False,
     )
-    _, model, _ = demo_stack(common, common.model)
+    _, model, _ = training_stack(common, common.model)
     naive_config = NaiveConfig(
         model=model,
         task=f"{problem_set.train},{problem_set.heldout}",
@@ -111,7 +111,7 @@ def main(
     curves: dict[str, list[tuple[float, float, float]]] = {}  # (s, accuracy, stderr)
     for name in recipes.split(","):
         started = time.monotonic()
-        run_common, model, env = demo_stack(common, common.model)
+        run_common, model, env = training_stack(common, common.model)
         # every checkpoint kept, to be evaluated once the run is over
         env = {**env, **RECIPES[name], "GVLOOP_TRAINER_KEEP_CHECKPOINTS": "100000"}
         curve: list[EvalPoint] | None = run_stack(run_common, model, StackPorts(), config, env=env)

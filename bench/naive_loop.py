@@ -50,7 +50,9 @@ from agent_b.rules import (
     extract_answer,
     normalize_answer,
 )
+from gvloop.hf_generation import Completion, chat_prompt_ids, generate
 from gvloop.problems import PROBLEM_SETS, load_problems
+from services.schemas import ProblemIn
 from trainer.loss import feedback_augmented_loss
 
 DEFAULT_MODEL = Path.home() / ".cache/gvloop/models/SmolLM2-135M-Instruct"
@@ -136,7 +138,7 @@ def make_task(cfg: NaiveConfig) -> tuple[list[Problem], list[Problem]]:
         train_path, heldout_path = write_generated_task(cfg.task, cfg.heldout, cfg.data_dir)
 
     def read(path: Path, limit: int | None) -> list[Problem]:
-        return [Problem(p.problem, p.reference_answer) for p in load_problems(path, limit)]
+        return [Problem(p.problem, p.reference_answer) for p in load_problems(path, limit=limit)]
 
     return read(train_path, None), read(heldout_path, cfg.heldout)
 
@@ -189,56 +191,8 @@ def feedback(text: str, correct: bool, rule: str) -> tuple[float, float]:
 # ----------------------------------------------------------------------------- generation
 
 
-@dataclass
-class Completion:
-    prompt_ids: list[int]
-    completion_ids: list[int]  # up to and including the end-of-turn token, when reached
-    text: str
-    finished: bool  # ended with the end-of-turn token within the budget
-
-
 def prompt_ids(tok: PreTrainedTokenizerBase, problem: Problem, system_prompt: str) -> list[int]:
-    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    messages = [*system, {"role": "user", "content": problem.prompt}]
-    text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return tok(text, add_special_tokens=False).input_ids
-
-
-@torch.no_grad()
-def generate(
-    model: torch.nn.Module,
-    tok: PreTrainedTokenizerBase,
-    prompts: list[list[int]],
-    n: int,
-    temperature: float,
-    max_new_tokens: int,
-) -> list[list[Completion]]:
-    """n completions per prompt (greedy when temperature is 0), left-padded into one batch."""
-    model.eval()
-    eos, pad = tok.eos_token_id, tok.pad_token_id
-    width = max(len(p) for p in prompts)
-    input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-    attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
-    out = model.generate(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        max_new_tokens=max_new_tokens,
-        num_return_sequences=n,
-        pad_token_id=pad,
-        eos_token_id=eos,
-        **(sampling if temperature > 0 else dict(do_sample=False)),
-    )  # (len(prompts) * n, width + new)
-    results: list[list[Completion]] = []
-    for i, prompt in enumerate(prompts):
-        group = []
-        for row in out[i * n : (i + 1) * n, width:].tolist():
-            finished = eos in row
-            ids = row[: row.index(eos) + 1] if finished else row
-            text = tok.decode(ids, skip_special_tokens=True)
-            group.append(Completion(prompt, ids, text, finished))
-        results.append(group)
-    return results
+    return chat_prompt_ids(tok, ProblemIn(problem=problem.prompt).chat(system_prompt or None))
 
 
 # ----------------------------------------------------------------------------- training

@@ -18,7 +18,7 @@ from rich.text import Text
 
 from gvloop.runstate import RunState
 
-COMPONENT_STYLE = {"starting": "yellow", "ready": "green", "exited": "red"}
+COMPONENT_STYLE = {"starting": "yellow", "ready": "green", "exited": "red", "finished": "blue"}
 
 
 class RunConsole(Protocol):

@@ -3,6 +3,7 @@ standard error, and the diversity of what that version sampled; as a table and a
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -40,6 +41,13 @@ class EvalPoint(BaseModel):
     @property
     def sampled_accuracy(self) -> float | None:
         return self.sampled_correct / self.sampled if self.sampled else None
+
+
+def load_curve(path: Path) -> list[EvalPoint]:
+    """A curve saved as JSON (`curve.json`); empty when there is none yet."""
+    if not path.exists():
+        return []
+    return [EvalPoint.model_validate(row) for row in json.loads(path.read_text())]
 
 
 def curve_table(curve: list[EvalPoint]) -> str:

@@ -1,52 +1,50 @@
-"""The demo: feed training problems to the running pipeline, and measure agent A on held-out
-problems before training and after every hot swap.
+"""The demo, and a run on a user's own task: feed training problems to the running pipeline,
+and measure agent A on held-out problems before training and after every hot swap.
 
 Held-out problems go straight to the engine (greedy, never enqueued, so the trainer never sees
-them) and are graded by the verifier's rule path against their reference answers, with a
-binomial standard error. Diversity costs no extra generation: it is measured on the training
-samples each version generates, as the mean fraction of distinct final answers among the n
-samples of a problem (a loop collapsing onto one answer per problem drives it towards 1/n).
+them) and are graded by the verifier as the loop's samples are (the rules against their
+reference answers, or the user's verifier function), with a binomial standard error.
+Diversity costs no extra generation: it is measured on the training samples each version
+generates, as the mean fraction of distinct final answers among the n samples of a problem (a
+loop collapsing onto one answer per problem drives it towards 1/n).
 The curve is saved as `curve.json` and `curve.png` in the run directory after every point.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import logging
-import random
 import time
-from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from gvloop.curve import EvalPoint, plot_curve
-from gvloop.problems import PROBLEM_SETS, load_problems
-from services.clients import (
-    GeneratorClient,
-    RetryPolicy,
-    ServiceError,
-    ServiceUnavailableError,
-    VerifierClient,
-)
+from gvloop.curve import EvalPoint, load_curve, plot_curve
+from gvloop.feeding import FeedConfig, Feeder, FeedProgress
+from gvloop.problems import PROBLEM_SETS, TaskKeys, load_problems, overlap
+from services.clients import GeneratorClient, RetryPolicy, VerifierClient
 from services.queue import SampleQueue
 from services.schemas import (
-    GenerateRequest,
     ProblemIn,
     SamplingParams,
     VerifyBatchRequest,
     VerifyRequest,
+    WeightInfo,
 )
+from trainer import ckpt
 
 if TYPE_CHECKING:
     from gvloop.runstate import RunState
 
 logger = logging.getLogger(__name__)
+
+# a resumed trainer publishes its checkpoint as soon as it has loaded it
+RESUMED_SWAP_TIMEOUT_S = 900.0
 
 
 # The trainer recipe the learning benchmark chose (bench/bench_learning.py; README, "The
@@ -61,16 +59,11 @@ DEMO_RECIPE = {
 }
 
 
-class DemoConfig(BaseModel):
-    train_file: Path = PROBLEM_SETS["addition"].train
-    heldout_file: Path = PROBLEM_SETS["addition"].heldout
+class DemoConfig(FeedConfig):
+    train_file: Path | str = PROBLEM_SETS["addition"].train
+    heldout_file: Path | str = PROBLEM_SETS["addition"].heldout
+    keys: TaskKeys = TaskKeys()
     heldout_size: int = Field(default=100, ge=1)
-    problems_per_request: int = Field(default=8, ge=1)
-    """Each feeder request's problems: a request waits for room for all its samples, so
-    smaller ones keep the queue fuller below its bound (and the engine's steps shorter)."""
-    samples_per_problem: int = Field(default=4, ge=1)
-    concurrent_requests: int = Field(default=2, ge=1)
-    sampling: SamplingParams = SamplingParams(temperature=0.8, max_tokens=48)
     eval_max_tokens: int = 48
     live_eval: bool = True
     """Evaluate each version on the engine as it comes; False: only record when each began to
@@ -80,7 +73,22 @@ class DemoConfig(BaseModel):
     time_budget_s: float = Field(
         default=900.0, gt=0, description="Seconds of training: feeding stops after this."
     )
-    seed: int = 0
+
+    def load_task(self) -> tuple[list[ProblemIn], list[ProblemIn]]:
+        """The training and held-out problems (ProblemFileError names a bad file's row and
+        field); held-out problems that are also training problems are warned about."""
+        train = load_problems(self.train_file, keys=self.keys)
+        heldout = load_problems(self.heldout_file, keys=self.keys, limit=self.heldout_size)
+        if shared := overlap(train, heldout):
+            logger.warning(
+                "%d of %d held-out problems (%s) are also training problems (%s): their "
+                "accuracy measures memory, not learning",
+                shared,
+                len(heldout),
+                self.heldout_file,
+                self.train_file,
+            )
+        return train, heldout
 
 
 @dataclass(frozen=True)
@@ -90,20 +98,6 @@ class Served:
     at_s: float
     samples_fed: int
     checkpoint_dir: str | None
-
-
-@dataclass
-class _SampleStats:
-    samples: int = 0
-    correct: int = 0
-    problems: int = 0
-    distinct_sum: float = 0.0
-
-    def add(self, answers: list[str | None], correct: int) -> None:
-        self.samples += len(answers)
-        self.correct += correct
-        self.problems += 1
-        self.distinct_sum += len(set(answers)) / len(answers)
 
 
 class Demo:
@@ -118,73 +112,110 @@ class Demo:
         verifier_token: str | None = None,
         queue: SampleQueue | None = None,
         state: RunState | None = None,
+        checkpoint_root: Path | None = None,
+        trainer_finished: Callable[[], bool] | None = None,
+        resume: bool = False,
     ) -> None:
         """`queue`: the sample queue, whose room the feeders wait for rather than be refused;
-        `state`: what the console shows, told of every sample fed and every point."""
+        `state`: what the console shows, told of every sample fed and every point;
+        `checkpoint_root`: the trainer's checkpoints (the version a resumed run starts from,
+        the last one of a run that feeds `epochs`); `trainer_finished`: whether the trainer
+        has stopped at its last step (GVLOOP_TRAINER_MAX_STEPS); `resume`: go on from the
+        curve and the feeding progress saved in `out_dir`."""
         self.config = config
         self.out_dir = out_dir
         self.generator = GeneratorClient(generator_url, generator_token, timeout_s=900)
-        # The feeders' own client does not retry: a full queue is a state they wait out, not an
-        # error to retry (and log) every few seconds.
-        self.feeder = GeneratorClient(
-            generator_url, generator_token, timeout_s=900, policy=RetryPolicy(attempts=1)
-        )
         self.queue = queue
         self.state = state
+        self.checkpoint_root = checkpoint_root
+        self.trainer_finished = trainer_finished
+        self.resume = resume
         self.verifier = VerifierClient(verifier_url, verifier_token, timeout_s=300)
         self.engine = httpx.AsyncClient(base_url=engine_url, timeout=300)
-        self.heldout = load_problems(config.heldout_file, limit=config.heldout_size)
-        self.train = load_problems(config.train_file)
-        self.submitted = 0
-        self.by_version: dict[int, _SampleStats] = defaultdict(_SampleStats)
+        train, self.heldout = config.load_task()
+        progress_file = out_dir / "progress.json"
+        # The feeders' own client does not retry: a full queue is a state they wait out, not
+        # an error to retry (and log) every few seconds.
+        self.feeder = Feeder(
+            config,
+            train,
+            GeneratorClient(
+                generator_url, generator_token, timeout_s=900, policy=RetryPolicy(attempts=1)
+            ),
+            queue,
+            state,
+            FeedProgress.load(progress_file) if resume else None,
+            progress_file,
+        )
+        self.trained_before_s = self.feeder.progress.training_s
         self.training_started: float | None = None
 
     async def run(self) -> list[EvalPoint]:
-        """Evaluate, then train for the time budget (or until `swaps` hot swaps), evaluating
-        each newly served version while the feeders and the trainer go on; returns the curve."""
+        """Evaluate, then train until the time budget, `swaps` hot swaps, the trainer's last
+        step or the last epoch, evaluating each newly served version while the feeders and the
+        trainer go on; returns the curve (a resumed run's: the earlier points too)."""
         model = await self._served_model()
-        first = await self.generator.weights()
-        curve = [await self.point(model, first.version, Served(0.0, 0, first.checkpoint_dir))]
+        curve = load_curve(self.out_dir / "curve.json") if self.resume else []
+        first = await self._first_version()
+        if not curve or curve[-1].version != first.version:
+            served = Served(self._training_s(), self.feeder.progress.samples, first.checkpoint_dir)
+            curve.append(await self.point(model, first.version, served, curve))
+        measured_before = len(curve)
         self.training_started = time.monotonic()
         if self.state is not None:
             self.state.training_started = self.training_started
             self.state.phase = "training"
         stop = asyncio.Event()
-        feeders = [
-            asyncio.create_task(self._feed(i, stop)) for i in range(self.config.concurrent_requests)
-        ]
+        feeding = asyncio.create_task(self.feeder.run(stop, self._training_s))
         # A version's point is stamped when it began to be served, not when its evaluation
         # ends: the evaluation is the benchmark's cost, not the pipeline's (the naive loop's
         # clock stops while it evaluates). So the served version is watched throughout.
-        served: dict[int, Served] = {}
-        watcher = asyncio.create_task(self._watch_served(served, stop))
+        served_at: dict[int, Served] = {}
+        watcher = asyncio.create_task(self._watch_served(served_at, stop))
         try:
-            while not self._finished(curve):
+            while not await self._finished(curve, len(curve) - measured_before, feeding):
                 await asyncio.sleep(1.0)
-                for task in (*feeders, watcher):
+                for task in (feeding, watcher):
                     if task.done():
-                        task.result()  # a feeder that failed fails the demo, not silently
-                latest = max(served, default=curve[-1].version)
+                        task.result()  # a feeder that failed fails the run, not silently
+                latest = max(served_at, default=curve[-1].version)
                 if latest != curve[-1].version:
-                    curve.append(await self.point(model, latest, served[latest], curve))
+                    curve.append(await self.point(model, latest, served_at[latest], curve))
         finally:
             stop.set()
             watcher.cancel()
             if self.state is not None:
                 self.state.training_ended = time.monotonic()
                 self.state.phase = "training over: stopping"
-            await asyncio.gather(*feeders, return_exceptions=True)
+            await asyncio.gather(feeding, return_exceptions=True)
         self._attach_sample_stats(curve)
         if self.config.live_eval:
             self.save(curve)
         return curve
+
+    async def _first_version(self) -> WeightInfo:
+        """The version to measure first: what agent A serves, or for a resumed run the newest
+        checkpoint, which the resumed trainer publishes (agent A starts on the base model)."""
+        newest = ckpt.latest_checkpoint(self.checkpoint_root) if self.checkpoint_root else None
+        expected = ckpt.read_state(newest).version if self.resume and newest else None
+        deadline = time.monotonic() + RESUMED_SWAP_TIMEOUT_S
+        while True:
+            weights = await self.generator.weights()
+            if expected is None or weights.version == expected:
+                return weights
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"agent A still serves v{weights.version}, not the resumed checkpoint "
+                    f"{newest} (v{expected}), after {RESUMED_SWAP_TIMEOUT_S:.0f}s"
+                )
+            await asyncio.sleep(1.0)
 
     async def _watch_served(self, served: dict[int, Served], stop: asyncio.Event) -> None:
         while not stop.is_set():
             weights = await self.generator.weights()
             if weights.version not in served:
                 served[weights.version] = Served(
-                    self._training_s(), self.submitted, weights.checkpoint_dir
+                    self._training_s(), self.feeder.progress.samples, weights.checkpoint_dir
                 )
             await asyncio.sleep(0.5)
 
@@ -216,6 +247,7 @@ class Demo:
         greedy = SamplingParams(temperature=0.0, max_tokens=self.config.eval_max_tokens)
         solutions = await self._complete(model, self.heldout, greedy)
         graded = await self._grade(self.heldout, solutions)
+        self._save_answers(version, solutions, graded)
         point = point.model_copy(
             update={"problems": len(graded), "correct": sum(ok for ok, _ in graded)}
         )
@@ -245,8 +277,21 @@ class Demo:
         (self.out_dir / "curve.json").write_text(json.dumps(rows, indent=2))
         plot_curve(curve, self.out_dir / "curve.png")
 
+    def _save_answers(
+        self, version: int, solutions: list[str], graded: list[tuple[bool, str | None]]
+    ) -> None:
+        """Each version's greedy held-out answers, appended to `heldout-answers.jsonl`: what
+        changed between versions, problem by problem."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with (self.out_dir / "heldout-answers.jsonl").open("a", encoding="utf-8") as out:
+            for problem, text, (correct, answer) in zip(
+                self.heldout, solutions, graded, strict=True
+            ):
+                row = {"version": version, "problem_id": problem.id, "solution": text}
+                out.write(json.dumps(row | {"answer": answer, "correct": correct}) + "\n")
+
     def _previous_version_note(self, curve: list[EvalPoint] | None) -> str:
-        if not curve or not (stats := self.by_version.get(curve[-1].version)):
+        if not curve or not (stats := self.feeder.by_version.get(curve[-1].version)):
             return ""
         return (
             f"; v{curve[-1].version} sampled {stats.samples} training answers, "
@@ -256,67 +301,10 @@ class Demo:
 
     def _attach_sample_stats(self, curve: list[EvalPoint]) -> None:
         for point in curve:
-            if stats := self.by_version.get(point.version):
+            if stats := self.feeder.by_version.get(point.version):
                 point.sampled = stats.samples
                 point.sampled_correct = stats.correct
                 point.distinct_fraction = stats.distinct_sum / stats.problems
-
-    async def _feed(self, worker: int, stop: asyncio.Event) -> None:
-        """Submit training problems until stopped, waiting while the queue has no room for a
-        request (the trainer is behind); any other failure is logged, waited on and retried."""
-        rng = random.Random(self.config.seed + worker)
-        problems = itertools.cycle(rng.sample(self.train, len(self.train)))
-        planned = self.config.problems_per_request * self.config.samples_per_problem
-        while not stop.is_set() and not self._out_of_time():
-            await self._wait_for_room(planned, stop)
-            batch = list(itertools.islice(problems, self.config.problems_per_request))
-            request = GenerateRequest(
-                problems=batch, n=self.config.samples_per_problem, sampling=self.config.sampling
-            )
-            try:
-                response = await self.feeder.generate(request)
-            except (ServiceUnavailableError, ServiceError) as exc:
-                # the other feeder's request took the room between our check and our request
-                if not await self._has_room(planned):
-                    continue
-                logger.warning("feeder %d: %s; waiting 5s", worker, exc)
-                await asyncio.sleep(5.0)
-                continue
-            for result in response.data:
-                for version, group in itertools.groupby(
-                    result.solutions, key=lambda s: s.weight_version
-                ):
-                    solutions = list(group)
-                    self.by_version[version].add(
-                        [s.feedback.extracted_answer for s in solutions],
-                        sum(s.feedback.is_correct for s in solutions),
-                    )
-            solutions = [s for r in response.data for s in r.solutions]
-            self.submitted += len(solutions)
-            if self.state is not None:
-                self.state.fed = self.submitted
-                self.state.fed_correct += sum(s.feedback.is_correct for s in solutions)
-            logger.info(
-                "fed %d samples (%d correct), %d in total, served version %d",
-                len(solutions),
-                sum(s.feedback.is_correct for s in solutions),
-                self.submitted,
-                solutions[0].weight_version if solutions else -1,
-            )
-
-    async def _has_room(self, planned: int) -> bool:
-        """Whether the queue takes `planned` more samples now (unknown without a queue: yes)."""
-        return self.queue is None or (await self.queue.room()).free >= planned
-
-    async def _wait_for_room(self, planned: int, stop: asyncio.Event) -> None:
-        waited = False
-        while not stop.is_set() and not self._out_of_time() and not await self._has_room(planned):
-            waited = True
-            if self.state is not None:
-                self.state.feeders_waiting = True
-            await asyncio.sleep(1.0)
-        if waited and self.state is not None:
-            self.state.feeders_waiting = False
 
     async def _complete(
         self, model: str, problems: list[ProblemIn], sampling: SamplingParams
@@ -329,7 +317,9 @@ class Demo:
                     "/v1/chat/completions",
                     json={
                         "model": model,
-                        "messages": [{"role": "user", "content": problem.problem}],
+                        "messages": [
+                            m.model_dump() for m in problem.chat(self.config.system_prompt)
+                        ],
                         **sampling.model_dump(exclude_none=True),
                     },
                 )
@@ -347,7 +337,7 @@ class Demo:
                     problem=p.problem,
                     solution=s,
                     reference_answer=p.reference_answer,
-                    method="rule",
+                    fields=p.fields,
                 )
                 for p, s in zip(problems, solutions, strict=True)
             ]
@@ -361,19 +351,38 @@ class Demo:
         return response.json()["data"][0]["id"]
 
     def _training_s(self) -> float:
-        return 0.0 if self.training_started is None else time.monotonic() - self.training_started
+        """Seconds of training of the run, a resumed run's earlier ones included."""
+        if self.training_started is None:
+            return self.trained_before_s
+        return self.trained_before_s + time.monotonic() - self.training_started
 
     def _out_of_time(self) -> bool:
-        return self._training_s() > self.config.time_budget_s
+        """Whether this invocation's time budget is spent (a resumed run gets a new one)."""
+        return self._training_s() - self.trained_before_s > self.config.time_budget_s
 
-    def _finished(self, curve: list[EvalPoint]) -> bool:
+    async def _finished(
+        self, curve: list[EvalPoint], new_points: int, feeding: asyncio.Task[None]
+    ) -> bool:
+        """Whichever comes first: the time budget, `swaps` hot swaps, the trainer's last step
+        or the last epoch, each once the version it ends on is measured."""
         swaps = self.config.swaps
-        return self._out_of_time() or (swaps is not None and len(curve) > swaps)
+        if self._out_of_time() or (swaps is not None and new_points >= swaps):
+            return True
+        if self.trainer_finished is not None and self.trainer_finished():
+            # the trainer published its last checkpoint before it exited
+            return (await self.generator.weights()).version == curve[-1].version
+        if not (self.feeder.finished and feeding.done()) or self.queue is None:
+            return False
+        room = await self.queue.room()
+        if room.backlog or room.reserved or self.checkpoint_root is None:
+            return False  # samples still to train on, or being generated
+        newest = ckpt.latest_checkpoint(self.checkpoint_root)
+        return newest is None or ckpt.read_state(newest).version == curve[-1].version
 
     async def aclose(self) -> None:
         await asyncio.gather(
             self.generator.aclose(),
-            self.feeder.aclose(),
+            self.feeder.client.aclose(),
             self.verifier.aclose(),
             self.engine.aclose(),
         )

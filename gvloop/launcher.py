@@ -70,6 +70,8 @@ class Component:
     ready_timeout_s: float = 600.0
     stop_timeout_s: float = 20.0
     """Grace between SIGTERM and SIGKILL."""
+    may_finish: bool = False
+    """An exit with status 0 is its work done (the trainer at its last step), not a death."""
 
 
 @dataclass
@@ -82,7 +84,7 @@ class _Running:
     ready: bool = False
 
 
-ComponentState = Literal["starting", "ready", "exited"]
+ComponentState = Literal["starting", "ready", "exited", "finished"]
 
 
 class Launcher:
@@ -98,6 +100,8 @@ class Launcher:
         self.echo = echo
         self.on_state = on_state
         self.running: list[_Running] = []
+        self.finished: set[str] = set()
+        """Components that exited with their work done (`may_finish`)."""
         log_dir.mkdir(parents=True, exist_ok=True)
         self._width = 9
 
@@ -135,10 +139,15 @@ class Launcher:
             self._wait_healthy(run)
 
     def check(self) -> None:
-        """Raise ComponentDiedError if any component has exited."""
+        """Raise ComponentDiedError if any component has exited, but for one whose work is
+        done (`may_finish`, status 0)."""
         for run in self.running:
             code = run.process.poll()
-            if code is not None:
+            if code == 0 and run.component.may_finish:
+                if run.component.name not in self.finished:
+                    self.finished.add(run.component.name)
+                    self._tell(run.component.name, "finished")
+            elif code is not None:
                 run.pump.join(timeout=2)
                 self._tell(run.component.name, "exited")
                 raise ComponentDiedError(run.component.name, code, list(run.tail))

@@ -39,7 +39,8 @@ class Monitor:
         self.queue = queue
         self.tensorboard = TensorBoardSink(tensorboard_dir)
         self.http = httpx.AsyncClient(timeout=2.0)
-        self._jsonl_offset = 0
+        # a resumed run's earlier events were shown when they happened
+        self._jsonl_offset = trainer_jsonl.stat().st_size if trainer_jsonl.exists() else 0
         self._points_written = 0
         # (monotonic, samples generated): the rate is over the last 30s, since samples come
         # back a request (64) at a time

@@ -53,6 +53,8 @@ class RunState:
         if state == "ready":
             self.ready_after_s[name] = time.monotonic() - self.started
             self.event(f"{name} ready after {self.ready_after_s[name]:.0f}s")
+        elif state == "finished":
+            self.event(f"{name} finished its work and stopped")
         elif state == "exited":
             self.event(f"{name} exited: see {self.run_dir / 'logs' / name}.log")
 

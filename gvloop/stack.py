@@ -153,6 +153,7 @@ def local_components(
                 else None,
                 # on SIGTERM it checkpoints the steps taken since its last checkpoint
                 stop_timeout_s=180,
+                may_finish=True,  # at GVLOOP_TRAINER_MAX_STEPS
             )
         )
     return components
@@ -173,18 +174,21 @@ def engine_component(model: str, settings: EngineSettings) -> Component:
     )
 
 
-def demo_stack(common: CommonSettings, model: str) -> tuple[CommonSettings, str, dict[str, str]]:
-    """The settings, model path and environment a demo runs the stack with.
+def training_stack(
+    common: CommonSettings, model: str, state_dir: Path | None = None
+) -> tuple[CommonSettings, str, dict[str, str]]:
+    """The settings, model path and environment a training run (the demo, or `--train`) runs
+    the stack with.
 
-    Each demo starts from the base model: a Redis and checkpoints of its own in
-    <data_dir>/demo (emptied first), not those of a stack trained before, which the trainer
-    would resume from; prepared models stay where they are. And unless GVLOOP_MAX_BACKLOG is
-    set, the queue holds three trainer batches: the one being trained (its samples stay in the
-    stream until its checkpoint acknowledges them) and two ahead, since the recipe skips groups
-    without a right answer (half of them at first) and the trainer should never wait for
-    generation; further ahead would only make stale samples, on the CPU the trainer needs.
-    The trainer takes the demo's recipe, except where a GVLOOP_TRAINER_* variable says
-    otherwise.
+    Each run starts from the base model: a Redis and checkpoints of its own in `state_dir`
+    (default: <data_dir>/demo, emptied first), not those of a stack trained before, which the
+    trainer would resume from; prepared models stay where they are. And unless
+    GVLOOP_MAX_BACKLOG is set, the queue holds three trainer batches: the one being trained
+    (its samples stay in the stream until its checkpoint acknowledges them) and two ahead,
+    since the recipe skips groups without a right answer (half of them at first) and the
+    trainer should never wait for generation; further ahead would only make stale samples, on
+    the CPU the trainer needs. The trainer takes the demo's recipe, except where a
+    GVLOOP_TRAINER_* variable says otherwise.
     """
     from trainer.settings import TrainerSettings
 
@@ -192,23 +196,24 @@ def demo_stack(common: CommonSettings, model: str) -> tuple[CommonSettings, str,
 
     if model == DEFAULT_MODEL:
         model = str(prepare_default_model(common.data_dir))
-    demo_dir = common.data_dir / "demo"
-    shutil.rmtree(demo_dir, ignore_errors=True)
-    env = {"GVLOOP_CHECKPOINT_DIR": str(demo_dir / "checkpoints")}
-    update: dict[str, object] = {"data_dir": demo_dir, "checkpoint_dir": None}
+    if state_dir is None:
+        state_dir = common.data_dir / "demo"
+        shutil.rmtree(state_dir, ignore_errors=True)
+    env = {"GVLOOP_CHECKPOINT_DIR": str(state_dir / "checkpoints")}
+    update: dict[str, object] = {"data_dir": state_dir, "checkpoint_dir": None}
     if "max_backlog" not in common.model_fields_set:
         env["GVLOOP_MAX_BACKLOG"] = str(3 * trainer.batch_size)
-        update["max_backlog"] = 3 * trainer.batch_size  # the demo's feeders wait for this bound
+        update["max_backlog"] = 3 * trainer.batch_size  # the feeders wait for this bound
     for name, value in DEMO_RECIPE.items():
         if name.removeprefix("GVLOOP_TRAINER_").lower() not in trainer.model_fields_set:
             env[name] = value
     return common.model_copy(update=update), model, env
 
 
-def new_run_dir(data_dir: Path, demo: bool) -> Path:
-    """`<data_dir>/runs/<UTC time>[-demo]`: every run keeps its logs, metrics and curve."""
+def new_run_dir(data_dir: Path, kind: str | None = None) -> Path:
+    """`<data_dir>/runs/<UTC time>[-<kind>]`: every run keeps its logs, metrics and curve."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    return data_dir / "runs" / f"{stamp}{'-demo' if demo else ''}"
+    return data_dir / "runs" / f"{stamp}{f'-{kind}' if kind else ''}"
 
 
 def run_stack(
@@ -221,13 +226,15 @@ def run_stack(
     run_dir: Path | None = None,
     verbose: bool = True,
     interactive: bool | None = None,
+    resume: bool = False,
 ) -> list[EvalPoint] | None:
     """Start everything, then either run the demo and stop, or serve until Ctrl-C.
 
     Each component's output goes to `<run_dir>/logs/<name>.log`. `verbose`: echoed to stdout
     too, prefixed, with gvloop's own events as log lines; otherwise the console shows gvloop's
-    events alone (a live panel on a terminal, or plain lines; `interactive` overrides which)."""
-    run_dir = run_dir or new_run_dir(common.data_dir, demo is not None)
+    events alone (a live panel on a terminal, or plain lines; `interactive` overrides which).
+    `resume`: the demo goes on from the curve and feeding progress saved in `run_dir`."""
+    run_dir = run_dir or new_run_dir(common.data_dir, "demo" if demo is not None else None)
     state = RunState(run_dir, budget_s=demo.time_budget_s if demo else None)
     console = None if verbose else open_console(state, interactive)
     if console is None:
@@ -235,7 +242,7 @@ def run_stack(
     else:
         console.start()
     try:
-        return _run(common, model, ports, demo, env or {}, state, console, verbose)
+        return _run(common, model, ports, demo, env or {}, state, console, verbose, resume)
     finally:
         if console is not None:
             console.stop()
@@ -250,6 +257,7 @@ def _run(
     state: RunState,
     console: RunConsole | None,
     verbose: bool,
+    resume: bool,
 ) -> list[EvalPoint] | None:
     from trainer.settings import TrainerSettings
 
@@ -289,7 +297,7 @@ def _run(
                 except KeyboardInterrupt:
                     state.event("Ctrl-C: stopping every component")
                 return None
-            work = _run_demo(demo, ports, tokens, common, redis_url, state)
+            work = _run_demo(demo, ports, tokens, common, redis_url, state, launcher, resume)
             return asyncio.run(_supervise(launcher, monitor, console, work))
     finally:
         state.phase = "stopped"
@@ -332,6 +340,8 @@ async def _run_demo(
     common: CommonSettings,
     redis_url: str,
     state: RunState,
+    launcher: Launcher,
+    resume: bool,
 ) -> list[EvalPoint]:
     local = "http://127.0.0.1"
     demo = Demo(
@@ -344,6 +354,9 @@ async def _run_demo(
         verifier_token=tokens.verifier,
         queue=open_queue(common, redis_url, consumer="gvloop-demo"),
         state=state,
+        checkpoint_root=common.checkpoint_root,
+        trainer_finished=lambda: "trainer" in launcher.finished,
+        resume=resume,
     )
     try:
         return await demo.run()

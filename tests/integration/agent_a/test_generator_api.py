@@ -13,6 +13,8 @@ import pytest
 import redis.asyncio as aioredis
 from transformers import AutoTokenizer
 
+from agent_b.app import create_app as create_verifier
+from agent_b.settings import VerifierSettings
 from gvloop.launcher import free_ports
 from services.redis_server import EmbeddedRedis
 from services.schemas import (
@@ -29,8 +31,10 @@ from tests.integration.agent_a.conftest import (
     common_settings,
     generator_settings,
     running_generator,
+    serve,
 )
 from tests.integration.agent_a.helpers import fill_queue, stream_samples, wait_engine_running
+from tests.utils.checkers import write_checks
 
 pytestmark = pytest.mark.slow
 
@@ -287,3 +291,46 @@ async def test_health_and_metrics(generator: RunningGenerator, http: httpx.Async
     assert 'gvloop_generator_samples_total{queued="true"}' in text
     assert 'gvloop_generator_requests_total{outcome="ok"}' in text
     assert "gvloop_generator_weight_version" in text
+
+
+async def test_a_users_verifier_function_grades_and_its_failure_queues_nothing(
+    backends: Backends,
+    redis_server: EmbeddedRedis,
+    redis_client: aioredis.Redis,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The row's fields reach the function; a function that raises on a problem fails that
+    request with a 502 naming it, and no sample of that problem is queued (nor trained on
+    made-up scores): the client sees which function failed and why. The request's other
+    problems were verified: their samples may be queued, each with its real feedback."""
+    spec = f"{write_checks(tmp_path_factory.mktemp('user'))}:three"
+    verifier = create_verifier(
+        VerifierSettings(function=spec, judge_model=str(backends.base_dir), rule_workers=1)
+    )
+    common = common_settings(backends, redis_server, tmp_path_factory.mktemp("function"))
+    graded = {"problem": "Name an animal.", "fields": {"label": "a", "weight": 0.5}}
+    ungraded = {"problem": "Name a fruit."}  # no label: the function raises KeyError
+    body = {"n": 2, "sampling": SHORT.model_dump()}
+    async with (
+        serve(verifier) as verifier_url,
+        running_generator(generator_settings(backends, verifier_url=verifier_url), common) as gen,
+        httpx.AsyncClient(base_url=gen.url, timeout=120) as http,
+    ):
+        ok = await http.post("/problems", json={"problems": [graded], **body})
+        assert ok.status_code == 200, ok.text
+        feedback = [s["feedback"] for s in ok.json()["data"][0]["solutions"]]
+        assert [f["decided_by"] for f in feedback] == ["function"] * 2
+        assert [f["reasoning_score"] for f in feedback] == [0.5] * 2  # from the row's fields
+        assert await redis_client.xlen(common.stream) == 2
+
+        failed = await http.post("/problems", json={"problems": [graded, ungraded], **body})
+        assert failed.status_code == 502
+        detail = failed.json()["detail"]
+        assert f"the verifier function {spec} raised KeyError: 'label'" in detail, detail
+        assert "no sample of problem" in detail and "was queued" in detail
+        queued = await stream_samples(redis_client, common.stream)
+        assert len(queued) >= 2
+        assert {s.problem for s in queued.values()} == {graded["problem"]}
+        assert all(s.feedback.reasoning_score == 0.5 for s in queued.values())
+        metrics = (await http.get("/metrics")).text
+        assert 'gvloop_generator_requests_total{outcome="502"} 1.0' in metrics

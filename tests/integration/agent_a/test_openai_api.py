@@ -13,7 +13,10 @@ import pytest
 import redis.asyncio as aioredis
 from openai import AsyncOpenAI
 
+from agent_b.settings import VerifierSettings
+from gvloop.evaluate import EvalConfig, ServedModel, evaluate
 from services.redis_server import EmbeddedRedis
+from services.schemas import ProblemIn
 from tests.integration.agent_a.conftest import (
     MAX_BACKLOG,
     Backends,
@@ -23,6 +26,7 @@ from tests.integration.agent_a.conftest import (
     running_generator,
 )
 from tests.integration.agent_a.helpers import PROMPT, fill_queue, greedy, stream_samples
+from tests.utils.checkers import write_checks
 
 pytestmark = pytest.mark.slow
 
@@ -246,3 +250,36 @@ async def test_token_and_backpressure(
             assert served_anyway.choices[0].message.content
         finally:
             await redis_client.xdel(guarded.common.stream, *filler)
+
+
+async def test_gvloop_eval_measures_the_served_model_through_the_generator(
+    generator: RunningGenerator, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """`gvloop eval URL`: one greedy and n sampled completions per problem through the
+    generator's chat route, graded by the user's function with each row's fields."""
+    spec = f"{write_checks(tmp_path_factory.mktemp('user'))}:by_field"
+    problems = [
+        ProblemIn(
+            problem=f"What is {i} + 1?", reference_answer=str(i + 1), fields={"right": i == 0}
+        )
+        for i in range(4)
+    ]
+    before = await _ok_chats(generator)
+    served = ServedModel(generator.url, None, EvalConfig(k=2, n=3, max_tokens=TOKENS))
+    try:
+        pass1, passk, _, distinct = await evaluate(
+            served, problems, served.config, VerifierSettings(function=spec, rule_workers=1)
+        )
+    finally:
+        await served.aclose()
+    assert (pass1.value, passk.value) == (0.25, 0.25)  # only the first row counts as right
+    assert 1 / 3 <= distinct.value <= 1.0
+    assert await _ok_chats(generator) - before == 2 * len(problems)  # greedy + sampled
+
+
+async def _ok_chats(generator: RunningGenerator) -> float:
+    async with httpx.AsyncClient(base_url=generator.url, timeout=30) as http:
+        metrics = (await http.get("/metrics")).text
+    ok = 'gvloop_generator_chat_requests_total{outcome="ok"}'
+    line = next((m for m in metrics.splitlines() if m.startswith(ok)), f"{ok} 0")
+    return float(line.rsplit(" ", 1)[1])

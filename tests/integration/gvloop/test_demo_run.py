@@ -56,7 +56,7 @@ def demo(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
             str(SWAPS),
             "--time-budget",
             str(TIME_BUDGET_S),
-            "--heldout",
+            "--heldout-size",
             "10",
         ),
         # the tiny model answers nothing right: the demo's recipe would skip every group and

@@ -203,3 +203,23 @@ def test_each_component_is_announced_ready_once(tmp_path: Path) -> None:
         launcher.wait_ready()
         launcher.wait_ready()
     assert told == [("web", "starting"), ("web", "ready"), ("idle", "starting"), ("idle", "ready")]
+
+
+@pytest.mark.parametrize(("code", "finished"), [(0, True), (3, False)])
+def test_a_component_that_may_finish_is_done_at_status_0_only(
+    tmp_path: Path, code: int, finished: bool
+) -> None:
+    states: list[tuple[str, str]] = []
+    on_state = lambda name, state: states.append((name, state))  # noqa: E731
+    with Launcher(tmp_path, echo=False, on_state=on_state) as launcher:
+        command = [sys.executable, "-c", f"print('step 10 of 10'); exit({code})"]
+        launcher.start(Component("trainer", command, may_finish=True))
+        launcher.running[0].process.wait(30)
+        if finished:
+            launcher.check()
+            launcher.check()  # announced once
+            assert launcher.finished == {"trainer"}
+            assert states == [("trainer", "starting"), ("trainer", "finished")]
+        else:
+            with pytest.raises(ComponentDiedError, match="trainer exited with code 3"):
+                launcher.check()

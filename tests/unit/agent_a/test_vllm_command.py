@@ -29,6 +29,8 @@ class TestEngineCommand:
         argv, env = engine_command(str(tmp_path), settings(kv_cache_gib=2), cpu=True)
         assert argv[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
         assert option(argv, "--model") == str(tmp_path)
+        # clients send a name, not a filesystem path
+        assert option(argv, "--served-model-name") == tmp_path.name
         assert (option(argv, "--host"), option(argv, "--port")) == ("127.0.0.1", "8000")
         assert option(argv, "--worker-extension-cls") == WORKER_EXTENSION
         assert "--enforce-eager" in argv  # minutes of torch.compile saved on a CPU
@@ -51,6 +53,11 @@ class TestEngineCommand:
         assert option(argv, "--kv-cache-memory-bytes") == str(2 * 2**30)
         assert option(argv, "--gpu-memory-utilization") == "0.5"
         assert env == {"VLLM_SERVER_DEV_MODE": "1"}  # a hub name may need the network
+        assert option(argv, "--served-model-name") == "org/model"
+
+    def test_a_chosen_name(self, tmp_path: Path) -> None:
+        argv, _ = engine_command(str(tmp_path), settings(), cpu=True, name="my-model")
+        assert option(argv, "--served-model-name") == "my-model"
 
     def test_explicit_options_and_extra_args(self, tmp_path: Path) -> None:
         argv, _ = engine_command(

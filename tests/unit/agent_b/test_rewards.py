@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +23,7 @@ from agent_b.rewards import (
 )
 from agent_b.settings import VerifierSettings
 from services.schemas import RewardRequest, VerifyRequest, VerifyResponse
+from tests.utils.checkers import write_checks
 
 
 def verdict(**overrides: object) -> VerifyResponse:
@@ -59,6 +61,7 @@ class TestRewardValue:
             "decided_by_rule": 0.0,
             "decided_by_model": 0.0,
             "decided_by_both": 1.0,
+            "decided_by_function": 0.0,
         }
 
 
@@ -152,6 +155,7 @@ class TestTRLFunction:
             completions=[[{"role": "assistant", "content": "Answer: 5"}]] * 2,
             completion_ids=[[1, 2], [3]],
             answer=["5", ""],
+            level=[1, 2],  # another column: a verifier function's field
             trainer_state=None,
             log_extra=lambda column, values: None,
             log_metric=lambda name, value: metrics.__setitem__(name, value),
@@ -161,6 +165,7 @@ class TestTRLFunction:
             ("2 + 3?", "Answer: 5", "5"),
             ("2 + 3?", "Answer: 5", None),
         ]
+        assert [r.fields for r in scorer.requests] == [{"level": 1}, {"level": 2}]
         assert metrics == {
             "verifier/solution_score": 1.0,
             "verifier/reasoning_score": 0.05,
@@ -201,6 +206,24 @@ class TestLocalScoring:
         finally:
             reward.close()
         assert rewards == [1.0, 0.0]
+
+    def test_trl_function_with_a_verifier_function(self, tmp_path: Path) -> None:
+        """The dataset's other columns reach the user's function as its row's fields."""
+        settings = VerifierSettings(function=f"{write_checks(tmp_path)}:three", rule_workers=1)
+        reward = reward_function(local=True, settings=settings, field="reasoning_score")
+        try:
+            rewards = asyncio.run(
+                reward(
+                    prompts=["Name a pet.", "Name a pet."],
+                    completions=["a cat", "a dog"],
+                    answer=["cat", "cat"],
+                    label=["cat", "dog"],
+                    weight=[0.25, 0.75],
+                )
+            )
+        finally:
+            reward.close()
+        assert rewards == [0.25, 0.75]
 
     def test_verl_compute_score(self) -> None:
         right = compute_score("gsm8k", "4 + 4 = 8. Answer: 8", "8", local=True)

@@ -6,6 +6,7 @@ import pytest
 
 from agent_b.rules import ArithmeticCheck
 from agent_b.scoring import compute_reasoning_score, decided_by
+from agent_b.settings import VerifierSettings
 from services.schemas import VerifyRequest
 
 
@@ -29,18 +30,24 @@ def test_reasoning_score(
 
 
 @pytest.mark.parametrize(
-    ("reference", "method", "judge_reasoning", "expected"),
+    ("reference", "method", "judge_reasoning", "function", "expected"),
     [
-        ("5", "auto", True, "both"),  # rule decides, judge adds to the reasoning score
-        ("5", "auto", False, "rule"),
-        ("5", "rule", True, "rule"),
-        ("5", "model", True, "model"),  # the judge alone, reference ignored
-        (None, "auto", True, "model"),
-        (None, "model", False, "model"),
+        ("5", "auto", True, None, "both"),  # rule decides, judge adds to the reasoning score
+        ("5", "auto", False, None, "rule"),
+        ("5", "rule", True, None, "rule"),
+        ("5", "model", True, None, "model"),  # the judge alone, reference ignored
+        (None, "auto", True, None, "model"),
+        (None, "model", False, None, "model"),
+        # a verifier function decides method auto, with or without a reference
+        ("5", "auto", True, "m:f", "function"),
+        (None, "auto", False, "m:f", "function"),
+        ("5", "rule", False, "m:f", "rule"),  # an explicit method still chooses
+        ("5", "function", False, None, "function"),  # answered 422: no function
     ],
 )
 def test_decided_by(
-    reference: str | None, method: str, judge_reasoning: bool, expected: str
+    reference: str | None, method: str, judge_reasoning: bool, function: str | None, expected: str
 ) -> None:
     request = VerifyRequest(problem="1+4?", solution="5", reference_answer=reference, method=method)
-    assert decided_by(request, judge_reasoning) == expected
+    settings = VerifierSettings(judge_reasoning=judge_reasoning, function=function)
+    assert decided_by(request, settings) == expected

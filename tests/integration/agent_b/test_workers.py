@@ -7,12 +7,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from agent_b.equivalence import EquivalencePool
+from agent_b.workers import RuleWorkers
 
 
 @pytest.fixture(scope="module")
-async def pool() -> AsyncIterator[EquivalencePool]:
-    pool = EquivalencePool(workers=1, timeout_s=4)  # math-verify's own timeouts: 1 s
+async def pool() -> AsyncIterator[RuleWorkers]:
+    pool = RuleWorkers(workers=1, timeout_s=4)  # math-verify's own timeouts: 1 s
     await pool.warm_up()
     yield pool
     pool.close()
@@ -28,11 +28,11 @@ async def pool() -> AsyncIterator[EquivalencePool]:
         ("-12", "12", False),
     ],
 )
-async def test_equivalent(pool: EquivalencePool, answer: str, reference: str, equal: bool) -> None:
+async def test_equivalent(pool: RuleWorkers, answer: str, reference: str, equal: bool) -> None:
     assert await pool.equivalent(answer, reference) is equal
 
 
-async def test_math_verify_timeouts_work_in_the_workers(pool: EquivalencePool) -> None:
+async def test_math_verify_timeouts_work_in_the_workers(pool: RuleWorkers) -> None:
     # sympy would take forever on this; math-verify's signal timeout stops it in the worker,
     # which it could not do on one of FastAPI's threads
     assert await pool.equivalent("9^{9^{9}}", "1") is False
@@ -40,7 +40,7 @@ async def test_math_verify_timeouts_work_in_the_workers(pool: EquivalencePool) -
 
 
 async def test_hard_deadline_kills_the_comparison_and_the_pool_recovers() -> None:
-    pool = EquivalencePool(workers=1, timeout_s=0.5)  # shorter than math-verify's own 1 s
+    pool = RuleWorkers(workers=1, timeout_s=0.5)  # shorter than math-verify's own 1 s
     try:
         await pool.warm_up()
         assert await pool.equivalent("9^{9^{9}}", "1") is None  # undecided, not hung

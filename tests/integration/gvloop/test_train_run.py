@@ -1,0 +1,166 @@
+"""`gvloop up --train/--heldout` on a task of a user's own (files in a temporary directory, the
+answer under another column, a verifier function from a file) on the tiny model: it trains,
+hot-swaps and measures as the demo does until its trainer's last step (`--max-steps`), then
+leaves the last served version in `<run_dir>/model`, which transformers loads as it is and which
+answers greedily what the engine answered last; `--resume` goes on with it from its newest
+checkpoint and its place in the training data until every problem is fed once (`--epochs`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from gvloop.hf_generation import chat_prompt_ids, generate
+from gvloop.stack import StackPorts
+from services.schemas import ProblemIn
+from tests.integration.gvloop.up_process import Up
+
+pytestmark = pytest.mark.slow
+
+HELDOUT = 4
+# the first tokens of an answer: a random tiny model's logits are nearly tied, so beyond a few
+# tokens vLLM's kernels and torch's may pick differently (as the hot-swap tests compare)
+TOKENS = 8
+TRAINER = {
+    # the tiny model answers nothing right: the recipe would skip every group
+    "GVLOOP_TRAINER_SKIP_GROUPS": "none",
+    # small steps, and the last one without a minute's wait for a full batch
+    "GVLOOP_TRAINER_BATCH_SIZE": "16",
+    "GVLOOP_TRAINER_MAX_WAIT_S": "5",
+}
+CHECKER = '''
+def score(problem, solution, reference_answer, **fields):
+    """A label task: the reference label anywhere in the answer."""
+    return {
+        "solution_score": float(reference_answer in solution),
+        "reasoning_score": fields["weight"],
+        "is_correct": reference_answer in solution,
+    }
+'''
+
+
+def write_task(directory: Path) -> tuple[Path, Path, Path]:
+    rows = [
+        {"text": f"Label the number {i} as small or big.", "label": "small" if i < 50 else "big"}
+        for i in range(64)
+    ]
+    train, heldout = directory / "train.jsonl", directory / "heldout.jsonl"
+    for path, part in ((train, rows[HELDOUT:]), (heldout, rows[:HELDOUT])):
+        path.write_text("".join(json.dumps(r | {"weight": 0.5}) + "\n" for r in part))
+    checker = directory / "checker.py"
+    checker.write_text(CHECKER)
+    return train, heldout, checker
+
+
+@dataclass
+class Run:
+    up: Up
+    heldout: list[dict]
+    train: list[dict]
+    data_dir: Path
+
+
+@pytest.fixture(scope="module")
+def task_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+    task = tmp_path_factory.mktemp("task")
+    train, heldout, checker = write_task(task)
+    data_dir = tmp_path_factory.mktemp("train") / "data"
+    up = Up(
+        tiny_model_dir,
+        data_dir,
+        StackPorts.free(),
+        args=(
+            "--train",
+            str(train),
+            "--heldout",
+            str(heldout),
+            "--prompt-key",
+            "text",
+            "--answer-key",
+            "label",
+            "--verifier-function",
+            f"{checker}:score",
+            "--max-steps",
+            "1",
+            "--time-budget",
+            "600",
+        ),
+        env=TRAINER,
+    )
+    rows = [[json.loads(line) for line in f.read_text().splitlines()] for f in (heldout, train)]
+    yield Run(up, *rows, data_dir)
+    up.process.kill()
+    up.finish()
+
+
+def test_a_train_run_leaves_the_served_model_that_transformers_loads(task_run: Run) -> None:
+    run = task_run.up
+    assert run.finish(timeout_s=1200) == 0, run.output
+    (line,) = [line for line in run.lines if line.startswith("run directory")]
+    run_dir = Path(line.split(": ", 1)[1])
+    assert run_dir.name.endswith("-train")
+    curve = json.loads((run_dir / "curve.json").read_text())
+    assert [p["version"] for p in curve] == [0, 1] and curve[1]["samples_fed"] > 0
+    assert all(p["problems"] == HELDOUT for p in curve)
+
+    model_dir = run_dir / "model"
+    assert f"trained model (the last version served): {model_dir}" in run.output
+    assert not list(model_dir.glob("trainer_state.*"))
+    card = (model_dir / "README.md").read_text()
+    assert "checker.py:score" in card and "| v1 |" in card and "--answer-key label" in card
+
+    # transformers loads it as it is, chat template included, and answers what the engine
+    # answered with this version
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    answers = [json.loads(a) for a in (run_dir / "heldout-answers.jsonl").read_text().splitlines()]
+    served = [a for a in answers if a["version"] == 1]
+    assert len(served) == HELDOUT
+    for row, answer in zip(task_run.heldout, served, strict=True):
+        prompt = chat_prompt_ids(tok, ProblemIn(problem=row["text"]).chat())
+        [[completion]] = generate(model, tok, [prompt], 1, 0.0, TOKENS)
+        assert answer["solution"].startswith(
+            tok.decode(completion.completion_ids[:TOKENS], skip_special_tokens=True)
+        )
+
+
+def test_resume_goes_on_from_the_newest_checkpoint_and_the_place_in_the_data(
+    task_run: Run, tiny_model_dir: Path
+) -> None:
+    first = task_run.up
+    assert first.finish(timeout_s=1200) == 0, first.output
+    (line,) = [line for line in first.lines if line.startswith("run directory")]
+    run_dir = Path(line.split(": ", 1)[1])
+    before = json.loads((run_dir / "curve.json").read_text())
+    fed_before = json.loads((run_dir / "progress.json").read_text())
+    assert 0 < fed_before["position"] < len(task_run.train)
+
+    resumed = Up(
+        tiny_model_dir,
+        task_run.data_dir,
+        StackPorts.free(),
+        args=("--resume", str(run_dir), "--epochs", "1", "--time-budget", "600"),
+        env=TRAINER,
+    )
+    try:
+        assert resumed.finish(timeout_s=1200) == 0, resumed.output
+    finally:
+        resumed.process.kill()
+    assert f"run directory: {run_dir}" in resumed.output
+    assert "resumed from" in (run_dir / "logs" / "trainer.log").read_text()
+    # one epoch in all: the problems the first run had not fed, then no more
+    progress = json.loads((run_dir / "progress.json").read_text())
+    assert progress["position"] == len(task_run.train)
+    assert fed_before["samples"] < progress["samples"] <= 4 * len(task_run.train)
+    # the curve goes on: the earlier points as they were, then newer versions, later
+    curve = json.loads((run_dir / "curve.json").read_text())
+    assert curve[: len(before)] == before
+    versions = [p["version"] for p in curve]
+    assert versions == sorted(set(versions)) and len(curve) > len(before)
+    assert curve[-1]["at_s"] >= before[-1]["at_s"]
