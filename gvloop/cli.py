@@ -227,7 +227,7 @@ def up(
         run_env["GVLOOP_TRAINER_MAX_STEPS"] = str(max_steps)
     ports = StackPorts.from_settings()
     # under the data dir given, not the demo's own (<data_dir>/demo), which the next demo empties
-    run_dir = resume or new_run_dir(common.data_dir, training)
+    run_dir = resume.resolve() if resume else new_run_dir(common.data_dir, training)
     env: dict[str, str] = {}
     curve = None
     interrupted = False

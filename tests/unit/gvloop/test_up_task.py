@@ -44,6 +44,8 @@ def test_a_bad_row_stops_up_before_anything_starts(tmp_path: Path, task: tuple[P
     [
         (["--train", "{train}"], "--train and --heldout go together"),
         (["--demo", "--train", "{train}", "--heldout", "{train}"], "choose one"),
+        (["--resume", "{dir}", "--train", "{train}", "--heldout", "{train}"], "choose one"),
+        (["--resume", "{dir}"], "not a --train run's directory (no run.json)"),
         (["--train", "{dir}/none.jsonl", "--heldout", "{train}"], "none.jsonl: no such file"),
         (
             ["--train", "{train}", "--heldout", "{train}", "--prompt-key", "text"],
