@@ -239,7 +239,7 @@ class Generator:
                 model=self.pool.model,
                 created_at=created,
             )
-            queued = await self._enqueue(sample)
+            queue_id = await self._enqueue(sample)
             self.metrics.completion_tokens.inc(len(sample.completion_token_ids))
             solutions.append(
                 GeneratedSolution(
@@ -249,7 +249,8 @@ class Generator:
                     weight_version=version,
                     completion_tokens=len(sample.completion_token_ids),
                     finish_reason=completion.finish_reason,
-                    queued=queued,
+                    queued=queue_id is not None,
+                    queue_id=queue_id,
                 )
             )
         return solutions
@@ -294,20 +295,29 @@ class Generator:
             )
         return response.data
 
-    async def _enqueue(self, sample: Sample) -> bool:
+    async def _enqueue(self, sample: Sample) -> str | None:
+        """The sample's stream entry, or None when it could not be queued."""
         try:
-            await self.queue.put(sample)
-        except (QueueFullError, RedisError) as exc:
-            logger.warning(
-                "sample %s (problem %s) returned to the client but NOT queued: %s",
-                sample.sample_id,
-                sample.problem_id,
-                exc,
-            )
-            self.metrics.samples.labels("false").inc()
-            return False
+            entry_id = await self.queue.put(sample)
+        except QueueFullError as exc:
+            self._not_queued(sample, str(exc))
+            return None
+        except RedisError as exc:
+            # the append may have happened before the connection broke: the trainer may still
+            # see it, which is why it is "not known to be queued", never "dropped"
+            self._not_queued(sample, f"Redis failed ({exc}); it may have been appended first")
+            return None
         self.metrics.samples.labels("true").inc()
-        return True
+        return entry_id
+
+    def _not_queued(self, sample: Sample, why: str) -> None:
+        logger.warning(
+            "sample %s (problem %s) returned to the client but not queued: %s",
+            sample.sample_id,
+            sample.problem_id,
+            why,
+        )
+        self.metrics.samples.labels("false").inc()
 
 
 async def _all_or_none(coroutines: list[Awaitable[T]]) -> list[T]:

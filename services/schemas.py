@@ -177,6 +177,11 @@ class GeneratedSolution(Strict):
     completion_tokens: int
     finish_reason: str | None = None
     queued: bool = Field(description="Whether the sample entered the training queue.")
+    queue_id: str | None = Field(
+        default=None,
+        description="Its entry in the training stream. None: not queued, because the queue was "
+        "full or Redis failed (in which case it may have been appended just before the failure).",
+    )
 
 
 class ProblemResult(Strict):

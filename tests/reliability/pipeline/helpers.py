@@ -52,11 +52,16 @@ def problems(tag: str, count: int = 1, n: int = 2, **sampling: Any) -> dict[str,
     }
 
 
-def queued_ids(response: httpx.Response) -> list[str]:
-    """Sample ids a 200 answer says entered the queue."""
+def solutions(response: httpx.Response) -> list[dict]:
+    """The solutions of a 200 answer (none of any other)."""
     if response.status_code != 200:
         return []
-    return [s["sample_id"] for r in response.json()["data"] for s in r["solutions"] if s["queued"]]
+    return [s for r in response.json()["data"] for s in r["solutions"]]
+
+
+def queued_ids(response: httpx.Response) -> list[str]:
+    """Sample ids a 200 answer says entered the queue."""
+    return [s["sample_id"] for s in solutions(response) if s["queued"]]
 
 
 async def greedy(http: httpx.AsyncClient) -> tuple[str, int]:

@@ -17,6 +17,7 @@ from tests.reliability.pipeline.helpers import (
     AUTH,
     problems,
     queued_ids,
+    solutions,
     statuses,
 )
 from tests.utils.figures import Figures
@@ -171,7 +172,11 @@ async def test_redis_restarts_under_load_lose_and_redo_nothing(
         await asyncio.gather(*clients)
     await eventually(lambda: stream_empty(stack), "every queued sample committed", stack)
 
-    reported = [i for _, r, _ in results if isinstance(r, httpx.Response) for i in queued_ids(r)]
+    answered = [s for _, r, _ in results if isinstance(r, httpx.Response) for s in solutions(r)]
+    # the stream entries the answers name, and the samples a Redis failure left unconfirmed:
+    # their append may have landed just before it (so they may be trained), or not
+    reported = {s["queue_id"] for s in answered if s["queued"]}
+    unconfirmed = sum(not s["queued"] for s in answered)
     per_checkpoint = newly_committed(root)[checkpoints_before:]
     committed = Counter(i for ids in per_checkpoint for i in ids)
     seen = statuses([r for _, r, _ in results])
@@ -180,13 +185,16 @@ async def test_redis_restarts_under_load_lose_and_redo_nothing(
         requests=len(results),
         statuses=dict(seen),
         samples_reported_queued=len(reported),
+        samples_unconfirmed=unconfirmed,
         samples_committed=len(committed),
-        lost=max(0, len(reported) - len(committed)),
-        extra=max(0, len(committed) - len(reported)),
+        lost=len(reported - committed.keys()),
+        extra=len(committed.keys() - reported),
         committed_twice=sum(n > 1 for n in committed.values()),
         slowest_request_s=round(max(s for _, _, s in results), 1),
     )
     stack.check()  # every component lived through it
     assert "500" not in seen and not any(k.endswith("Error") for k in seen), seen
-    assert len(committed) == len(reported)
+    assert reported <= committed.keys(), "a sample reported queued was never committed"
+    # anything else committed was appended as Redis failed, and reported not queued
+    assert len(committed.keys() - reported) <= unconfirmed
     assert max(committed.values()) == 1
