@@ -77,6 +77,8 @@ def model_card(
         else "held-out accuracy below"
     )
     keys = config.keys
+    heldout = max((p.problems for p in measured), default=0)
+    prompt_column = f"`{keys.prompt}`" if keys.prompt else "the first of problem, question, prompt"
     lines = [
         "---",
         f"base_model: {Path(base_model).name}",
@@ -95,9 +97,8 @@ def model_card(
         "## Data",
         "",
         f"- training problems: `{config.train_file}`",
-        f"- held-out problems: `{config.heldout_file}` (the first {config.heldout_size} measured)",
-        f"- prompt column: `{keys.prompt or 'the first of problem, question, prompt'}`; "
-        f"reference answer column: `{keys.answer}`",
+        f"- held-out problems: `{config.heldout_file}` ({heldout} measured)",
+        f"- prompt column: {prompt_column}; reference answer column: `{keys.answer}`",
         f"- system prompt: {config.system_prompt!r}"
         if config.system_prompt
         else "- system prompt: none (the chat template's default)",
@@ -105,8 +106,8 @@ def model_card(
         "",
         "## Held-out accuracy",
         "",
-        f"Greedy, {max((p.problems for p in measured), default=0)} held-out problems, "
-        "± 1 standard error, before training and after each hot swap:",
+        f"Greedy, {heldout} held-out problems, ± 1 standard error, before training and after "
+        "each hot swap:",
         "",
         curve_table(curve),
         "",
