@@ -32,15 +32,17 @@ class Monitor:
         generator_metrics_url: str,
         queue: SampleQueue | None,
         tensorboard_dir: Path,
+        jsonl_offset: int = 0,
     ) -> None:
+        """`jsonl_offset`: where in `trainer_jsonl` this run's events start (a resumed run's
+        earlier ones were shown when they happened)."""
         self.state = state
         self.trainer_jsonl = trainer_jsonl
         self.generator_metrics_url = generator_metrics_url
         self.queue = queue
         self.tensorboard = TensorBoardSink(tensorboard_dir)
         self.http = httpx.AsyncClient(timeout=2.0)
-        # a resumed run's earlier events were shown when they happened
-        self._jsonl_offset = trainer_jsonl.stat().st_size if trainer_jsonl.exists() else 0
+        self._jsonl_offset = jsonl_offset
         self._points_written = 0
         # (monotonic, samples generated): the rate is over the last 30s, since samples come
         # back a request (64) at a time
@@ -123,11 +125,15 @@ class Monitor:
             self.state.generated_per_s = (generated - before) / (now - then)
         self.state.generated = generated
 
-    async def aclose(self) -> None:
-        """Read what came in since the last round, then close the files and clients."""
+    def finish(self) -> None:
+        """Once every component has stopped: read what came in since the last round (the
+        trainer's last step and checkpoint come as it stops), then close the event file."""
         self._read_trainer_lines()
         self._write_new_points()
         self.tensorboard.close()
+
+    async def aclose(self) -> None:
+        """Close the clients (on the event loop they were made on)."""
         await self.http.aclose()
         if self.queue is not None:
             await self.queue.aclose()

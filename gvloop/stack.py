@@ -267,6 +267,8 @@ def _run(
     # the trainer's JSON lines go to the run directory, unless GVLOOP_TRAINER_METRICS_FILE says
     trainer_jsonl = TrainerSettings().metrics_file or state.run_dir / "trainer-metrics.jsonl"
     env = {"GVLOOP_TRAINER_METRICS_FILE": str(trainer_jsonl), **env}
+    seen = trainer_jsonl.stat().st_size if trainer_jsonl.exists() else 0  # a resumed run's
+    monitor: Monitor | None = None
     try:
         log_dir = state.run_dir / "logs"
         with Launcher(log_dir, echo=verbose, on_state=state.component) as launcher:
@@ -290,6 +292,7 @@ def _run(
                 generator_metrics_url=f"http://127.0.0.1:{ports.generator}/metrics",
                 queue=open_queue(common, redis_url, consumer="gvloop-monitor"),
                 tensorboard_dir=state.run_dir / "tensorboard",
+                jsonl_offset=seen,
             )
             if demo is None:
                 try:
@@ -301,6 +304,8 @@ def _run(
             return asyncio.run(_supervise(launcher, monitor, console, work))
     finally:
         state.phase = "stopped"
+        if monitor is not None:  # every component stopped: the trainer's last lines are in
+            monitor.finish()
         if embedded is not None:
             embedded.stop()
 

@@ -214,9 +214,10 @@ async def test_queue_filling_up_during_generation_returns_samples_unqueued(
     redis_client: aioredis.Redis,
 ) -> None:
     stream = generator.common.stream
-    body = problems(1, n=2, sampling={"max_tokens": 400, "seed": 1})
+    # min_tokens: a sampled end of sequence must not end the request before the queue fills
+    body = problems(1, n=2, sampling={"max_tokens": 400, "min_tokens": 400, "seed": 1})
     pending = asyncio.create_task(http.post("/problems", json=body))
-    await wait_engine_running(backends.engine_url, 1)
+    await wait_engine_running(backends.engine_url, 1, [pending])
     filler = await fill_queue(redis_client, stream, MAX_BACKLOG)  # another producer got there first
     try:
         response = await pending
