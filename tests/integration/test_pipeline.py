@@ -1,6 +1,7 @@
 """The whole pipeline as local processes on a tiny model, the way `gvloop up` runs it:
 problems in, samples with feedback in Redis, trainer steps, a checkpoint, a hot swap, and the
-generator serving (and recording) the new weight version."""
+generator serving (and recording) the new weight version: its greedy output is what
+transformers gives on the swapped-in checkpoint."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from gvloop.problems import PROBLEM_SETS, load_problems
 from services.clients import GeneratorClient
 from services.schemas import GenerateRequest, SamplingParams
+from tests.integration.agent_a.helpers import GREEDY_TOKENS, greedy, reference_greedy
 from tests.utils.pipeline import LocalStack, eventually, local_stack, stream_samples
 
 pytestmark = pytest.mark.slow
@@ -20,8 +22,10 @@ ENV = {
     "GVLOOP_MAX_BACKLOG": "64",
     "GVLOOP_TRAINER_BATCH_SIZE": "8",
     "GVLOOP_TRAINER_MICRO_BATCH_SIZE": "8",
-    "GVLOOP_TRAINER_MAX_WAIT_S": "5",
+    # only full batches: the samples of the last requests stay in the stream to be read
+    "GVLOOP_TRAINER_MAX_WAIT_S": "250",
     "GVLOOP_TRAINER_CHECKPOINT_EVERY": "1",
+    "GVLOOP_TRAINER_LR": "1e-2",  # one step moves the greedy output
     "GVLOOP_TRAINER_PROGRESS": "off",
 }
 
@@ -45,29 +49,39 @@ async def test_problems_in_samples_trained_weights_swapped(stack: LocalStack) ->
         assert len(solutions) == 16
         assert all(s.queued and s.weight_version == 0 for s in solutions)
 
+        base = await greedy(client)
         # every sample is in the stream with its feedback and the exact tokens vLLM produced
-        samples = await stream_samples(stack)
-        assert {s.sample_id for s in samples} == {s.sample_id for s in solutions}
-        for sample in samples:
+        samples = {s.sample_id: s for s in await stream_samples(stack)}
+        assert samples.keys() == {s.sample_id for s in solutions} | {base.sample_id}
+        for sample in samples.values():
             assert sample.completion_token_ids and sample.prompt_token_ids
             assert 0 <= sample.feedback.solution_score <= 1
             assert sample.weight_version == 0
+        prompt_ids = samples[base.sample_id].prompt_token_ids
 
-        # The trainer consumes the samples, checkpoints, and asks agent A to swap.
+        # The trainer takes two full batches (the 17th sample waits), checkpoints after each
+        # and asks agent A to swap.
         stack.start("trainer")
 
         async def swapped() -> bool:
-            return (await client.weights()).version >= 1
+            return (await client.weights()).version == 2
 
-        await eventually(swapped, "a hot swap", stack, timeout_s=300, poll_s=1)
-        version = (await client.weights()).version
+        await eventually(swapped, "the second hot swap", stack, timeout_s=300, poll_s=1)
+        served = await client.weights()
         after = await client.generate(
             GenerateRequest(problems=problems[:2], sampling=SamplingParams(max_tokens=8))
         )
-        assert {s.weight_version for r in after.data for s in r.solutions} == {version}
-        recorded = {s.sample_id: s.weight_version for s in await stream_samples(stack)}
-        assert [recorded[s.sample_id] for r in after.data for s in r.solutions] == [version] * 2
+        assert {s.weight_version for r in after.data for s in r.solutions} == {2}
+        retrained = await greedy(client)
+        recorded = {s.sample_id: s for s in await stream_samples(stack)}
+        versions = [recorded[s.sample_id].weight_version for r in after.data for s in r.solutions]
+        assert versions == [2, 2]
 
+    # the served output changed, to what the checkpoint's weights give
+    assert served.checkpoint_dir is not None
+    expected = reference_greedy(Path(served.checkpoint_dir), prompt_ids, GREEDY_TOKENS)
+    assert recorded[retrained.sample_id].completion_token_ids == expected
+    assert expected != samples[base.sample_id].completion_token_ids
     (step, *_) = stack.events("step")
     assert step["step"] == 1 and step["samples"] == 8
     checkpoints = sorted((stack.data_dir / "checkpoints").glob("step_*"))

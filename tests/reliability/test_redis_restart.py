@@ -122,6 +122,7 @@ async def test_redis_restarts_lose_and_redo_nothing(tmp_path: Path, figures: Fig
     assert not ledger.errors, f"clients raised instead of retrying: {dict(ledger.errors)}"
     assert len(ledger.confirmed) == PRODUCERS * PER_PRODUCER
     assert lost == 0
+    assert trained_twice == 0, "a sample was delivered and committed twice"
     assert ledger.acked_redelivered == 0
     assert (stats.length, stats.pending) == (0, 0)
     # A put that spanned an outage waited for the restart: it was retried, not failed.

@@ -128,6 +128,7 @@ async def test_trainer_trains_through_agent_a_outage_and_swap_lands(
     )
     steps_while_down = len(stack.events("step"))
     failures = failed_swaps()
+    newest_while_down = max(e["version"] for e in stack.events("checkpoint"))
     started = time.monotonic()
     await asyncio.to_thread(stack.start, "generator")
 
@@ -148,6 +149,10 @@ async def test_trainer_trains_through_agent_a_outage_and_swap_lands(
         trainer_alive=stack.running("trainer"),
     )
     assert steps_while_down >= 3
+    assert failures >= 2  # the swaps while agent A was down failed, and were retried
+    # agent A serves what the trainer made while it was down (or newer), not its old weights
+    assert served >= newest_while_down
+    assert stack.running("trainer"), "the trainer did not live through the outage"
 
 
 async def test_redis_restarts_under_load_lose_and_redo_nothing(
