@@ -303,7 +303,12 @@ class SampleQueue:
                 count=count - len(claimed),
             )
             cursor, entries = _text(result[0]), result[1]
-            claimed.extend(e for e in entries if e[1] is not None)
+            live = [e for e in entries if e[1] is not None]
+            if len(live) < len(entries):
+                # Redis < 7 hands over an entry deleted while pending as a nil without its id,
+                # and it stays pending here: reading our own history dead-letters it
+                self._own_history_from = "0"
+            claimed.extend(live)
             if cursor == "0-0":
                 break
         if claimed:

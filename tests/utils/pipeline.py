@@ -3,12 +3,9 @@ under its own Launcher, so a test can kill, stop or restart one while the others
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import json
 import os
 import signal
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -20,6 +17,7 @@ from services.queue import PAYLOAD
 from services.redis_server import EmbeddedRedis, connect
 from services.schemas import Sample
 from services.settings import CommonSettings
+from tests.utils.waits import until
 from trainer import ckpt
 
 LOCAL = "http://127.0.0.1"
@@ -109,14 +107,7 @@ async def eventually(
     poll_s: float = 0.2,
 ) -> None:
     """Poll until `condition` holds; fail naming `what` at the deadline or if a component died."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = condition()
-        if await result if inspect.isawaitable(result) else result:
-            return
-        stack.check()
-        assert time.monotonic() < deadline, f"{what}: not within {timeout_s:.0f}s"
-        await asyncio.sleep(poll_s)
+    await until(condition, what, timeout_s, poll_s, check=stack.check)
 
 
 def common(stack: LocalStack) -> CommonSettings:

@@ -3,10 +3,6 @@ tests cover the real swap): it records each request and answers like agent A."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable
-
 from fastapi import FastAPI, HTTPException
 
 from services.schemas import SwapRequest, SwapResponse, SwapTimings
@@ -33,10 +29,3 @@ def swap_recorder(
         )
 
     return app
-
-
-async def wait_until(condition: Callable[[], bool], timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"condition not met in {timeout_s}s"
-        await asyncio.sleep(0.02)

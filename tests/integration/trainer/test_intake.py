@@ -1,19 +1,26 @@
 """Sample intake against a real Redis: batches fill up to the size or the wait, stale and
-unusable samples are set aside and committed, and a restarted trainer acknowledges what its
-checkpoint committed instead of training on it again."""
+unusable samples are set aside and committed, a restarted trainer acknowledges what its
+checkpoint committed instead of training on it again, a sample handed back to the trainer
+holding it is not trained twice, and Redis failures are logged, backed off and retried."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
+from services.clients import RetryPolicy
 from services.queue import SampleQueue
+from services.redis_server import EmbeddedRedis, connect
 from services.schemas import SampleGroup
 from tests.utils.samples import make_sample
-from trainer.intake import Intake, is_stale, no_contrast
+from tests.utils.streams import age_pending, blocked_in_read
+from tests.utils.waits import until
+from trainer.intake import READ_BLOCK_MS, Intake, is_stale, no_contrast
 from trainer.metrics import TrainerMetrics
 
 CONSUMER = "trainer-0"
@@ -123,32 +130,101 @@ async def test_restart_acknowledges_what_the_checkpoint_committed(
     assert [p["message_id"].decode() for p in pending] == [ids[2]]
 
 
+async def test_a_sample_reclaimed_from_itself_is_not_trained_twice(
+    redis_client, stream_name, tmp_path: Path
+) -> None:
+    intake = await make_intake(redis_client, stream_name, tmp_path, batch_size=2)
+    producer = SampleQueue(redis_client, stream_name, "trainer")
+    ids = [await producer.put(make_sample()) for _ in range(2)]
+    stop = asyncio.Event()
+    assert [d.id for d in await intake.next_batch(lambda: 0, stop)] == ids
+    intake.trained(ids)
+    # the checkpoint takes longer than claim_idle_s: XAUTOCLAIM hands them to this consumer again
+    idle_s = intake.queue.claim_idle_ms / 1000 + 1
+    await age_pending(redis_client, stream_name, "trainer", CONSUMER, ids, idle_s)
+    fresh = await producer.put(make_sample())
+
+    assert [d.id for d in await intake.next_batch(lambda: 0, stop)] == [fresh]
+    pending = await redis_client.xpending_range(stream_name, "trainer", "-", "+", 10)
+    delivered = {p["message_id"].decode(): p["times_delivered"] for p in pending}
+    assert delivered == {ids[0]: 2, ids[1]: 2, fresh: 1}  # they did come back
+    # neither trained nor set aside again: they wait for their checkpoint, unacknowledged
+    assert (intake.uncommitted, intake.unacked, intake.skipped) == (ids, [], 0)
+
+
 async def test_a_stop_request_ends_the_wait(redis_client, stream_name, tmp_path: Path) -> None:
     intake = await make_intake(redis_client, stream_name, tmp_path)
     stop = asyncio.Event()
     waiting = asyncio.create_task(intake.next_batch(lambda: 0, stop))
-    await asyncio.sleep(0.2)
+    await until(lambda: blocked_in_read(redis_client), "the intake waits in XREADGROUP")
     stop.set()
-    assert await asyncio.wait_for(waiting, timeout=5) == []
+    assert await asyncio.wait_for(waiting, timeout=30) == []
 
 
 async def test_an_idle_wait_returns_no_batch_but_never_cuts_one_short(
     redis_client, stream_name, tmp_path: Path
 ) -> None:
     # rank 0 of a torchrun job returns between samples to tell the other ranks it is alive
-    intake = await make_intake(redis_client, stream_name, tmp_path, max_wait_s=1.5)
-    stop = asyncio.Event()
-    started = asyncio.get_running_loop().time()
-    assert await intake.next_batch(lambda: 0, stop, idle_s=0.2) == []
-    assert asyncio.get_running_loop().time() - started < 1.5
+    intake = await make_intake(redis_client, stream_name, tmp_path, batch_size=2, max_wait_s=60)
+    stop = asyncio.Event()  # never set: only idle_s ends an empty wait
+    empty = intake.next_batch(lambda: 0, stop, idle_s=0.2)
+    assert await asyncio.wait_for(empty, timeout=30) == []
     # once the first sample is in, the batch waits max_wait_s for the rest, past idle_s
     producer = SampleQueue(redis_client, stream_name, "trainer")
     first = await producer.put(make_sample())
+    gathering = asyncio.create_task(intake.next_batch(lambda: 0, stop, idle_s=0.2))
+    # long enough for a batch cut short at idle_s to come back (a read blocks a second at most)
+    done, _ = await asyncio.wait({gathering}, timeout=0.2 + 2 * READ_BLOCK_MS / 1000)
+    assert not done, f"cut short at idle_s: {[d.id for d in gathering.result()]}"
+    second = await producer.put(make_sample())
+    batch = await asyncio.wait_for(gathering, timeout=30)
+    assert [d.id for d in batch] == [first, second]
 
-    async def put_later() -> str:
-        await asyncio.sleep(0.6)
-        return await producer.put(make_sample())
 
-    later = asyncio.create_task(put_later())
-    batch = await intake.next_batch(lambda: 0, stop, idle_s=0.2)
-    assert [d.id for d in batch] == [first, await later]
+async def test_redis_failures_are_logged_backed_off_and_retried(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="trainer")
+    server = EmbeddedRedis(tmp_path / "redis").start()
+    client = connect(server.url, timeout_s=1, retries=0)  # fails at once while Redis is down
+    try:
+        backoff = RetryPolicy(backoff_s=0.2)
+        intake = await make_intake(client, "samples", tmp_path, backoff=backoff)
+        producer = SampleQueue(client, "samples", "trainer")
+        ids = [await producer.put(make_sample()) for _ in range(3)]
+        assert await intake.lag() == 3
+        assert [d.id for d in await intake.next_batch(lambda: 0, asyncio.Event())] == ids
+        intake.trained(ids)
+        intake.committed()
+        assert await intake.lag() == 0
+        await asyncio.to_thread(server.stop)
+
+        assert await intake.ack_committed() is False
+        assert intake.unacked == ids  # kept for the next try
+        assert await intake.lag() == -1
+        # a failed read is a backoff and another try, until stop: the wait goes on
+        stop = asyncio.Event()
+        started = time.monotonic()
+        waiting = asyncio.create_task(intake.next_batch(lambda: 0, stop))
+
+        def read_failures() -> int:
+            return sum(r.getMessage().startswith("redis read failed") for r in caplog.records)
+
+        await until(lambda: read_failures() >= 3, "reads fail and are retried")
+        stop.set()
+        assert await asyncio.wait_for(waiting, timeout=30) == []
+        # each failed read sleeps at least half the backoff before the next one
+        assert read_failures() <= 1 + (time.monotonic() - started) / (backoff.backoff_s / 2)
+        errors = intake.metrics.registry.get_sample_value(
+            "gvloop_trainer_errors_total", {"kind": "redis"}
+        )
+        # every failure (reads, acks, the lag) is one log line and one count
+        assert errors == sum(r.getMessage().startswith("redis ") for r in caplog.records)
+        assert errors > read_failures()
+
+        await asyncio.to_thread(server.start)
+        await until(intake.ack_committed, "the acknowledgement goes through once Redis is back")
+        assert intake.unacked == [] and await client.xlen("samples") == 0
+    finally:
+        await client.aclose()
+        server.stop()

@@ -12,8 +12,9 @@ import pytest
 from gvloop.launcher import free_ports
 from services.clients import GeneratorClient, RetryPolicy
 from services.schemas import SwapRequest
-from tests.integration.trainer.stub import swap_recorder, wait_until
+from tests.integration.trainer.stub import swap_recorder
 from tests.utils.serve import serve_app
+from tests.utils.waits import until
 from trainer.metrics import TrainerMetrics
 from trainer.swap import SwapPublisher
 
@@ -37,7 +38,7 @@ async def test_swap_sends_the_checkpoint_with_the_token(tmp_path: Path) -> None:
         p = publisher(url, tmp_path)
         p.start()
         p.publish(tmp_path / "step_00000001", 1)
-        await wait_until(lambda: p.served_version == 1)
+        await until(lambda: p.served_version == 1)
         await p.stop()
     assert calls == [SwapRequest(checkpoint_dir=str(tmp_path / "step_00000001"), version=1)]
     assert outcomes(p, "ok") == 1 and not p.pending
@@ -51,7 +52,7 @@ async def test_busy_agent_a_is_retried(tmp_path: Path) -> None:
         p = publisher(url, tmp_path)
         p.start()
         p.publish(tmp_path / "step_00000002", 2)
-        await wait_until(lambda: p.served_version == 2)
+        await until(lambda: p.served_version == 2)
         await p.stop()
     assert len(calls) == 3 and outcomes(p, "failed") == 2
 
@@ -62,12 +63,12 @@ async def test_agent_a_down_then_up_gets_only_the_newest_checkpoint(tmp_path: Pa
     p = publisher(f"http://127.0.0.1:{port}", tmp_path)
     p.start()
     p.publish(tmp_path / "step_00000001", 1)
-    await wait_until(lambda: outcomes(p, "failed") >= 2)  # connection refused, retried
+    await until(lambda: outcomes(p, "failed") >= 2)  # connection refused, retried
     p.publish(tmp_path / "step_00000002", 2)  # supersedes version 1
-    await wait_until(lambda: outcomes(p, "failed") >= 3)
+    await until(lambda: outcomes(p, "failed") >= 3)
     assert p.served_version == 0 and p.pending
     with serve_app(swap_recorder(calls, token=TOKEN), port=port):
-        await wait_until(lambda: p.served_version == 2)
+        await until(lambda: p.served_version == 2)
         await p.stop()
     assert [c.version for c in calls] == [2]
 
@@ -79,12 +80,12 @@ async def test_a_refused_checkpoint_is_not_retried(tmp_path: Path, status: int) 
         p = publisher(url, tmp_path)
         p.start()
         p.publish(tmp_path / "elsewhere", 1)
-        await wait_until(lambda: outcomes(p, "refused") == 1)
+        await until(lambda: outcomes(p, "refused") == 1)
         await asyncio.sleep(0.5)  # several backoff periods: no retry comes
         assert len(calls) == 1 and p.served_version == 0 and not p.pending
         # the next checkpoint is offered as usual
         p.publish(tmp_path / "step_00000002", 2)
-        await wait_until(lambda: p.served_version == 2)
+        await until(lambda: p.served_version == 2)
         await p.stop()
 
 

@@ -14,9 +14,10 @@ from gvloop.launcher import free_ports
 from services.queue import SampleQueue
 from services.schemas import SwapRequest
 from services.settings import CommonSettings
-from tests.integration.trainer.stub import swap_recorder, wait_until
+from tests.integration.trainer.stub import swap_recorder
 from tests.utils.samples import make_sample
 from tests.utils.serve import serve_app
+from tests.utils.waits import until
 from trainer import ckpt
 from trainer.settings import TrainerSettings
 from trainer.train import Worker
@@ -54,11 +55,11 @@ async def test_steps_checkpoints_swaps_and_skips_stale_samples(
         loop = asyncio.create_task(worker.main_loop())
         try:
             first = [await producer.put(make_sample(weight_version=0)) for _ in range(4)]
-            await wait_until(lambda: worker.served_version == 1)
+            await until(lambda: worker.served_version == 1)
             # agent A now serves v1: with max_staleness 0, v0 samples are stale
             stale = [await producer.put(make_sample(weight_version=0)) for _ in range(2)]
             fresh = [await producer.put(make_sample(weight_version=1)) for _ in range(4)]
-            await wait_until(lambda: worker.served_version == 2)
+            await until(lambda: worker.served_version == 2)
             async with httpx.AsyncClient() as http:
                 exposition = (await http.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
         finally:
