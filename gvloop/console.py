@@ -123,10 +123,11 @@ class PlainConsole:
         if self.state.training_started is None:
             return
         # the first one a full interval into training, when there is progress to show
+        now = self.state.clock()
         since = self._last_progress or self.state.training_started
-        if time.monotonic() - since < self.progress_every_s:
+        if now - since < self.progress_every_s:
             return
-        self._last_progress = time.monotonic()
+        self._last_progress = now
         self.line(
             f"{clock(self.state)} | {generation_line(self.state)} | queue "
             f"{queue_line(self.state)} | {trainer_line(self.state)}"

@@ -19,7 +19,9 @@ class RunState:
     run_dir: Path
     budget_s: float | None = None
     """Seconds of training the demo runs for; None: until Ctrl-C."""
-    started: float = field(default_factory=time.monotonic)
+    clock: Callable[[], float] = time.monotonic
+    """Seconds on the clock every time here is read from (a test's own, to render exact text)."""
+    started: float = field(init=False)
     training_started: float | None = None
     training_ended: float | None = None
     phase: str = "starting"
@@ -42,6 +44,9 @@ class RunState:
     curve: list[EvalPoint] = field(default_factory=list)
     listeners: list[Callable[[str], None]] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self.started = self.clock()
+
     def event(self, line: str) -> None:
         """Something happened that a person watching wants to know, in one line."""
         for listener in self.listeners:
@@ -51,7 +56,7 @@ class RunState:
         """The launcher's `on_state`."""
         self.components[name] = state
         if state == "ready":
-            self.ready_after_s[name] = time.monotonic() - self.started
+            self.ready_after_s[name] = self.clock() - self.started
             self.event(f"{name} ready after {self.ready_after_s[name]:.0f}s")
         elif state == "finished":
             self.event(f"{name} finished its work and stopped")
@@ -68,13 +73,13 @@ class RunState:
 
     @property
     def elapsed_s(self) -> float:
-        return time.monotonic() - self.started
+        return self.clock() - self.started
 
     @property
     def training_s(self) -> float:
         if self.training_started is None:
             return 0.0
-        return (self.training_ended or time.monotonic()) - self.training_started
+        return (self.training_ended or self.clock()) - self.training_started
 
     @property
     def left_s(self) -> float | None:

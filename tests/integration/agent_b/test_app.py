@@ -1,14 +1,16 @@
-"""The app's life cycle through FastAPI's test client, the `gvloop verify` command, and a
-schema-driven fuzz of the running server (nothing a client sends may produce a 500)."""
+"""The app's life cycle served over real HTTP, the `gvloop verify` command, and a schema-driven
+fuzz of the running server (nothing a client sends may produce a 500)."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import schemathesis
-from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 from typer.testing import CliRunner
 
@@ -16,11 +18,19 @@ from agent_b.app import create_app
 from agent_b.settings import VerifierSettings
 from gvloop.cli import app as gvloop
 from tests.integration.agent_b.conftest import Server
+from tests.utils.serve import serve_app
 
 RULE = {"problem": "1+1?", "solution": "1 + 1 = 2. Answer: 2", "reference_answer": "2"}
 
 
-def wait_for_health(client: TestClient, deadline_s: float = 120) -> dict:
+@contextmanager
+def served(settings: VerifierSettings) -> Iterator[httpx.Client]:
+    """create_app(settings) under uvicorn on a free port, and a client of it."""
+    with serve_app(create_app(settings)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        yield client
+
+
+def wait_for_health(client: httpx.Client, deadline_s: float = 120) -> dict:
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
         response = client.get("/health")
@@ -33,7 +43,7 @@ def wait_for_health(client: TestClient, deadline_s: float = 120) -> dict:
 
 def test_a_judge_that_fails_to_load_is_reported_and_rules_still_work(tmp_path: Path) -> None:
     settings = VerifierSettings(judge_model=str(tmp_path / "no-such-model"), rule_workers=1)
-    with TestClient(create_app(settings)) as client:
+    with served(settings) as client:
         health = wait_for_health(client)
         assert health["status"] == "failed" and "no-such-model" in health["detail"]
         assert client.get("/health").status_code == 503
@@ -53,7 +63,7 @@ def test_a_judge_that_fails_to_load_is_reported_and_rules_still_work(tmp_path: P
 def test_create_app_serves_the_tiny_model(tiny_model_dir: Path) -> None:
     # what agent A's tests do: create_app(VerifierSettings(judge_model=...))
     settings = VerifierSettings(judge_model=str(tiny_model_dir), rule_workers=1)
-    with TestClient(create_app(settings)) as client:
+    with served(settings) as client:
         assert wait_for_health(client)["status"] == "ok"
         response = client.post("/verify", json={"problem": "1+1?", "solution": "2"})
         assert response.status_code == 200 and response.json()["decided_by"] == "model"

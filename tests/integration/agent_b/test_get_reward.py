@@ -8,13 +8,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fastapi.testclient import TestClient
 
 from agent_b.app import create_app
 from agent_b.rewards import reward_value
 from agent_b.settings import VerifierSettings
 from services.schemas import VerifyResponse
 from tests.integration.agent_b.conftest import Server
+from tests.utils.serve import serve_app
 
 PROMPTS = ["<user>What is 17 + 90?<assistant>", "<user>What is 6 x 7?<assistant>"]
 RESPONSES = ["17 + 90 = 107. Answer: 107", "6 x 7 = 41. Answer: 41"]
@@ -53,7 +53,8 @@ async def test_without_labels_the_judge_decides(http: httpx.AsyncClient) -> None
         ({**BODY, "prompts": PROMPTS[:1]}, 422, "2 queries but 1 prompts"),
         ({**BODY, "labels": ["107"]}, 422, "2 queries but 1 labels"),
         ({**BODY, "prompts": PROMPTS[::-1]}, 422, "query 0 does not start with prompts[0]"),
-        ({"query": ["p r"] * 257, "prompts": ["p"] * 257}, 422, "query"),  # over 256 items
+        # over the batch limit: the same 256 as /verify/batch
+        ({"query": ["p r"] * 257, "prompts": ["p"] * 257}, 422, "at most 256 items"),
         ({"query": ["p" + "r" * 32_001], "prompts": ["p"]}, 422, "over 32000 characters"),
         ({"query": BODY["query"]}, 422, "prompts"),  # missing field
         ({**BODY, "extra": 1}, 422, "extra"),  # unknown field
@@ -102,7 +103,7 @@ def test_reward_field_setting(tmp_path: Path, field: str) -> None:
         {"problem": p, "solution": r, "reference_answer": label}
         for p, r, label in zip(PROMPTS, RESPONSES, labels, strict=True)
     ]
-    with TestClient(create_app(settings)) as client:
+    with serve_app(create_app(settings)) as url, httpx.Client(base_url=url, timeout=60) as client:
         response = client.post("/get_reward", json={**BODY, "labels": labels})
         batch = client.post("/verify/batch", json={"items": items}).json()["data"]
     assert response.status_code == 200, response.text

@@ -36,11 +36,15 @@ def survivors(processes: list[psutil.Process]) -> list[str]:
     return alive
 
 
-def wait_gone(processes: list[psutil.Process], timeout_s: float) -> float:
+# Generous: what is asserted is that they go, not how fast (a busy machine takes its time).
+GONE_DEADLINE_S = 120
+
+
+def wait_gone(processes: list[psutil.Process]) -> float:
     """Seconds until none of `processes` runs; fails naming the survivors at the deadline."""
     started = time.monotonic()
     while alive := survivors(processes):
-        assert time.monotonic() - started < timeout_s, "still running:\n" + "\n".join(alive)
+        assert time.monotonic() - started < GONE_DEADLINE_S, "still running:\n" + "\n".join(alive)
         time.sleep(0.2)
     return time.monotonic() - started
 
@@ -114,7 +118,7 @@ def test_one_run_per_data_directory(
     tree = first.tree()
     first.process.send_signal(signal.SIGTERM)
     assert first.finish() in (0, 1, 130)
-    wait_gone(tree, timeout_s=30)
+    wait_gone(tree)
 
 
 @pytest.mark.slow
@@ -133,7 +137,7 @@ def test_sigkill_leaves_nothing_and_the_next_run_starts_cleanly(
 
     first.process.kill()  # as the out-of-memory killer would
     first.finish()
-    took = wait_gone(tree, timeout_s=15)
+    took = wait_gone(tree)
     print(f"{len(tree)} processes gone {took:.1f}s after SIGKILL")
 
     up_runs.append(second := Up(tiny_model_dir, data_dir, ports))
@@ -143,5 +147,5 @@ def test_sigkill_leaves_nothing_and_the_next_run_starts_cleanly(
     started = time.monotonic()
     second.process.send_signal(signal.SIGTERM)
     second.finish()
-    wait_gone(tree, timeout_s=30)
+    wait_gone(tree)
     print(f"SIGTERM stopped the second run in {time.monotonic() - started:.1f}s")

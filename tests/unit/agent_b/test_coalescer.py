@@ -16,12 +16,20 @@ class Recorder:
     def __init__(self, gate: threading.Event | None = None) -> None:
         self.batches: list[list[int]] = []
         self.gate = gate
+        self.entered = threading.Event()
+        """Set once a batch is inside this function (held there until `gate` opens)."""
 
     def __call__(self, batch: list[int]) -> list[int]:
+        self.entered.set()
         if self.gate is not None:
             self.gate.wait(30)
         self.batches.append(batch)
         return [x * x for x in batch]
+
+
+async def batch_entered(recorder: Recorder) -> None:
+    """Wait, off the event loop, until the worker thread is inside the batch function."""
+    assert await asyncio.to_thread(recorder.entered.wait, 30), "no batch started within 30s"
 
 
 async def test_concurrent_submits_share_batches() -> None:
@@ -48,9 +56,11 @@ async def test_requests_arriving_during_a_batch_form_the_next_one() -> None:
     recorder = Recorder(gate)
     coalescer = Coalescer(recorder, max_batch_size=8, max_wait_s=0.0, max_queued=100)
     first = asyncio.ensure_future(coalescer.submit(1))
-    await asyncio.sleep(0.1)  # batch [1] is now blocked in the worker thread
+    await batch_entered(recorder)  # batch [1] is held in the worker thread
     later = [asyncio.ensure_future(coalescer.submit(i)) for i in range(2, 6)]
-    await asyncio.sleep(0.1)
+    # One pass of the loop, no time: tasks run in the order they were made, so each of these
+    # has queued its item before this one resumes.
+    await asyncio.sleep(0)
     gate.set()
     assert await asyncio.gather(first, *later) == [1, 4, 9, 16, 25]
     await coalescer.aclose()
@@ -59,11 +69,12 @@ async def test_requests_arriving_during_a_batch_form_the_next_one() -> None:
 
 async def test_full_queue_is_refused() -> None:
     gate = threading.Event()
-    coalescer = Coalescer(Recorder(gate), max_batch_size=1, max_wait_s=0.0, max_queued=2)
+    recorder = Recorder(gate)
+    coalescer = Coalescer(recorder, max_batch_size=1, max_wait_s=0.0, max_queued=2)
     running = asyncio.ensure_future(coalescer.submit(0))
-    await asyncio.sleep(0.1)  # taken by the worker; the queue is empty again
+    await batch_entered(recorder)  # taken by the worker; the queue is empty again
     waiting = [asyncio.ensure_future(coalescer.submit(i)) for i in (1, 2)]
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one pass of the loop: both have queued their items
     with pytest.raises(CoalescerFullError, match="2 items already waiting"):
         await coalescer.submit(3)
     gate.set()
@@ -86,9 +97,10 @@ async def test_a_failing_batch_fails_its_callers_and_the_next_batch_runs() -> No
 
 async def test_close_cancels_waiting_callers() -> None:
     gate = threading.Event()
-    coalescer = Coalescer(Recorder(gate), max_batch_size=1, max_wait_s=0.0, max_queued=10)
+    recorder = Recorder(gate)
+    coalescer = Coalescer(recorder, max_batch_size=1, max_wait_s=0.0, max_queued=10)
     calls = [asyncio.ensure_future(coalescer.submit(i)) for i in range(3)]
-    await asyncio.sleep(0.1)
+    await batch_entered(recorder)  # [0] held in the worker, 1 and 2 waiting in the queue
     await coalescer.aclose()
     gate.set()
     results = await asyncio.gather(*calls, return_exceptions=True)

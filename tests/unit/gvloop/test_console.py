@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from pathlib import Path
 
 from rich.console import Console
@@ -16,9 +15,21 @@ from gvloop.runstate import RunState
 from services.queue import QueueStats
 
 
-def training_state(tmp_path: Path) -> RunState:
-    state = RunState(tmp_path, budget_s=600)
-    state.training_started = time.monotonic() - 120
+class FakeClock:
+    """Monotonic seconds that move only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def training_state(tmp_path: Path, clock: FakeClock) -> RunState:
+    """Two minutes into a ten-minute training budget."""
+    state = RunState(tmp_path, budget_s=600, clock=clock)
+    state.training_started = clock.now
+    clock.now += 120
     state.phase = "training"
     state.queue = QueueStats(length=128, pending=64, oldest_pending_age_s=12.0, dead_letters=0)
     state.queue_bound = 128
@@ -37,19 +48,24 @@ def training_state(tmp_path: Path) -> RunState:
 
 def test_plain_console_prints_each_event_once_and_progress_once_a_minute(tmp_path: Path) -> None:
     out = io.StringIO()
-    state = training_state(tmp_path)
+    clock = FakeClock()
+    state = training_state(tmp_path, clock)
     console = PlainConsole(state, out, progress_every_s=60)
     state.component("engine", "starting")  # not worth a line: it says nothing yet
     state.component("engine", "ready")
     console.tick()  # two minutes into training: a progress line
+    clock.now += 59.5
     console.tick()  # and not again within the minute
+    clock.now += 0.5
+    console.tick()  # but once it has passed
     lines = out.getvalue().splitlines()
-    assert len(lines) == 2, lines
-    assert lines[0].endswith("engine ready after 0s")
-    progress = lines[1]
-    assert "7m59s of training left" in progress  # of the 10 minutes, 2 are gone
-    assert "full (128/128): waiting for the trainer" in progress
-    assert "step 7 · loss 1.500 (ce 1.250 reward -0.500 penalty 0.750)" in progress
+    assert len(lines) == 3, lines
+    assert lines[0].endswith("engine ready after 120s")  # since the state was made
+    first, second = lines[1:]
+    assert "training · 2m00s elapsed · 8m00s of training left" in first
+    assert "full (128/128): waiting for the trainer" in first
+    assert "step 7 · loss 1.500 (ce 1.250 reward -0.500 penalty 0.750)" in first
+    assert "3m00s elapsed · 7m00s of training left" in second
 
 
 def test_plain_console_is_silent_before_training(tmp_path: Path) -> None:
@@ -61,7 +77,7 @@ def test_plain_console_is_silent_before_training(tmp_path: Path) -> None:
 
 
 def test_queue_with_room_shows_depth_and_oldest_pending(tmp_path: Path) -> None:
-    state = training_state(tmp_path)
+    state = training_state(tmp_path, FakeClock())
     state.queue = QueueStats(length=40, pending=32, oldest_pending_age_s=3.0, dead_letters=0)
     assert queue_line(state) == "40/128 queued, 32 being trained on, oldest pending 3s"
     state.feeders_waiting = True  # room is reserved by requests still generating
@@ -69,7 +85,7 @@ def test_queue_with_room_shows_depth_and_oldest_pending(tmp_path: Path) -> None:
 
 
 def test_swap_line_shows_the_generators_phase_timings(tmp_path: Path) -> None:
-    state = training_state(tmp_path)
+    state = training_state(tmp_path, FakeClock())
     detail = {"version": 3, "timings": {"pause_s": 0.025, "reload_s": 0.5, "total_s": 0.6}}
     state.swap = {"version": 3, "seconds": 0.7, "detail": json.dumps(detail)}
     assert swap_line(state) == "v3: POST /weights 0.70s (pause 0.03s, reload 0.50s, total 0.60s)"
@@ -78,7 +94,7 @@ def test_swap_line_shows_the_generators_phase_timings(tmp_path: Path) -> None:
 
 
 def test_live_panel_shows_components_queue_trainer_and_curve(tmp_path: Path) -> None:
-    state = training_state(tmp_path)
+    state = training_state(tmp_path, FakeClock())
     screen = Console(file=io.StringIO(), width=160, force_terminal=False)
     live = LiveConsole(state, screen)
     state.component("engine", "ready")
@@ -89,5 +105,5 @@ def test_live_panel_shows_components_queue_trainer_and_curve(tmp_path: Path) -> 
     assert "engine ready" in text and "trainer starting" in text
     assert "full (128/128): waiting for the trainer" in text
     assert "v0 20.0%±4.0" in text
-    assert "of training left" in text
+    assert "gvloop · training · 2m00s elapsed · 8m00s of training left" in text
     assert "held-out v0: 20.0% ± 4.0 (100 problems)" in text  # the recent events
