@@ -26,3 +26,11 @@ async def until(
             check()
         assert time.monotonic() < deadline, f"{what}: not within {timeout_s:.0f}s"
         await asyncio.sleep(poll_s)
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
+    """`until` for synchronous tests."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s:.0f}s"
+        time.sleep(0.05)

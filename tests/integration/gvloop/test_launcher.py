@@ -22,6 +22,7 @@ from gvloop.launcher import (
     free_ports,
 )
 from services.processes import port_holders
+from tests.utils.waits import wait_until
 
 
 def http_server(port: int) -> list[str]:
@@ -69,8 +70,11 @@ def test_waits_for_health_and_logs_with_prefix(
         )
         launcher.wait_ready()
         launcher.check()
-        time.sleep(0.5)
-    assert "hello | hi" in capsys.readouterr().out
+        echoed: list[str] = []
+        wait_until(
+            lambda: echoed.append(capsys.readouterr().out) or "hello | hi" in "".join(echoed),
+            "the component's line echoed",
+        )
     assert (tmp_path / "hello.log").read_text() == "hi\n"
 
 
@@ -118,8 +122,7 @@ def test_stop_all_stops_grandchildren(tmp_path: Path) -> None:
         time.sleep(0.1)
     grandchild = int(pid_file.read_text())
     launcher.stop_all()
-    time.sleep(0.2)
-    assert not alive(grandchild)
+    wait_until(lambda: not alive(grandchild), "the grandchild gone")
 
 
 def alive(pid: int) -> bool:

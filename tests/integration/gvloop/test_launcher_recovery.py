@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -26,16 +26,10 @@ from gvloop.launcher import (
     free_ports,
 )
 from tests.integration.gvloop.test_launcher import alive
+from tests.utils.waits import wait_until
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(600)"]
 GRACE_S = 1
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} within {timeout_s}s"
-        time.sleep(0.05)
 
 
 @contextmanager

@@ -1,8 +1,9 @@
 """Hot swaps that go wrong on the running pipeline: a checkpoint that passes agent A's checks
 but breaks inside the engine after half of it is loaded, and the engine killed in the middle of
 a swap. No engine serves half-loaded weights (greedy output proves which weights serve), the
-error is reported, and the next good swap works. The tests run in order; the last one kills
-and restarts the engine."""
+error is reported, and the next good swap works. Agent A reaches the engine through a proxy
+(`tests.utils.engine_proxy`), so that the engine can be killed at one exact step of a swap.
+The tests run in order; the last one kills and restarts the engine."""
 
 from __future__ import annotations
 
@@ -18,9 +19,11 @@ import httpx
 import pytest
 from safetensors.torch import load_file, save_file
 
+from agent_a.engine_pool import FLIP_METHOD
 from gvloop.tiny_model import make_tiny_model
 from services.settings import CommonSettings
 from tests.reliability.pipeline.helpers import AUTH, greedy
+from tests.utils.engine_proxy import EngineProxy, Fault, engine_proxy
 from tests.utils.figures import Figures
 from tests.utils.pipeline import LocalStack, common
 
@@ -31,6 +34,7 @@ pytestmark = pytest.mark.slow
 class Swaps:
     root: Path
     http: httpx.AsyncClient
+    proxy: EngineProxy
     good_text: dict[str, str] = field(default_factory=dict)
     """Greedy answer of each good checkpoint, once served."""
 
@@ -48,11 +52,19 @@ async def swaps(pipeline: LocalStack) -> AsyncIterator[Swaps]:
         pipeline.stop("trainer")
     root = common(pipeline).checkpoint_root
     data_dir = CommonSettings().data_dir  # where the default model's tokenizer is
-    for seed in (1, 3):
+    for seed in (1, 3, 4):
         make_tiny_model(root / f"rel-good-{seed}", seed=seed, data_dir=data_dir)
     half_loadable(make_tiny_model(root / "rel-half", seed=2, data_dir=data_dir))
-    async with httpx.AsyncClient(base_url=pipeline.url("generator"), timeout=180) as http:
-        yield Swaps(root, http)
+    with engine_proxy(pipeline.url("engine")) as (proxy, proxy_url):
+        pipeline.stop("generator")
+        pipeline.start("generator", env={"GVLOOP_GENERATOR_ENGINE_URLS": json.dumps([proxy_url])})
+        async with httpx.AsyncClient(base_url=pipeline.url("generator"), timeout=180) as http:
+            swaps = Swaps(root, http, proxy)
+            # After any swap the stopped trainer had asked for (one swap at a time): from here
+            # on, only these tests change the served weights.
+            settled = await swaps.swap(root / "rel-good-4", await swaps.served() + 50)
+            assert settled.status_code == 200, settled.text
+            yield swaps
 
 
 def half_loadable(checkpoint: Path) -> None:
@@ -92,7 +104,6 @@ def half_loadable(checkpoint: Path) -> None:
 async def test_half_loaded_checkpoint_is_rolled_back(
     pipeline: LocalStack, swaps: Swaps, figures: Figures, strategy: str, outcome: str
 ) -> None:
-    await asyncio.sleep(2)  # a swap the stopped trainer had asked for lands first
     version = await swaps.served()
     before = await greedy(swaps.http)
 
@@ -123,15 +134,15 @@ async def test_engine_killed_mid_swap_then_next_swap_works(
     pipeline: LocalStack, swaps: Swaps, figures: Figures
 ) -> None:
     version = await swaps.served()
-    paused = "setting pause state to PAUSED"  # vLLM's scheduler, on each pause
-    pauses = pipeline.log("engine").count(paused)
+    # The flip waits in the proxy, the engine paused: killed there, it never gets the new
+    # weights, the recovery cannot reach it, and agent A must say so.
+    flip = swaps.proxy.add(Fault("/collective_rpc", FLIP_METHOD, hold=True))
     swap = asyncio.create_task(swaps.swap(swaps.root / "rel-good-3", version + 1))
-    # Kill it as soon as the engine logs the swap's pause: reload, version, resume are to come.
-    deadline = time.monotonic() + 60
-    while pipeline.log("engine").count(paused) == pauses:
-        assert time.monotonic() < deadline and not swap.done(), "the swap never paused"
-        await asyncio.sleep(0.005)
+    await flip.wait_held()
+    async with httpx.AsyncClient(base_url=pipeline.url("engine"), timeout=10) as engine:
+        paused_at_kill = (await engine.get("/is_paused")).json()["is_paused"]
     pipeline.kill("engine")
+    flip.release()
     killed = await swap
     served_after_kill = await swaps.served()
     generate = await swaps.http.post(
@@ -144,14 +155,18 @@ async def test_engine_killed_mid_swap_then_next_swap_works(
     recovered = await swaps.swap(swaps.root / "rel-good-1", version + 2)
     text, served = await greedy(swaps.http)
     figures.report(
+        paused_at_kill=paused_at_kill,
         killed_swap_status=killed.status_code,
         generate_while_dead=generate.status_code,
         engine_restart_s=round(restart_s, 1),
         next_good_swap_status=recovered.status_code,
         same_output_as_that_checkpoint=text == swaps.good_text["rel-good-1"],
     )
-    assert killed.status_code in (502, 503), killed.text
-    assert "engine" in killed.json()["detail"]
+    assert paused_at_kill is True
+    # not "every engine recovered": the one engine was lost, and is out of rotation
+    assert killed.status_code == 503, killed.text
+    detail = killed.json()["detail"]
+    assert "could not recover" in detail and "out of rotation" in detail, detail
     assert served_after_kill == version  # no version claimed for weights nobody serves
     assert generate.status_code == 503 and generate.json()["detail"]
     assert recovered.status_code == 200, recovered.text
