@@ -175,7 +175,7 @@ class Generator:
                 )
                 for c in sorted(answer["choices"], key=lambda c: c["index"])
             ]
-            solutions = await self.learn(
+            solutions = await self.verify_and_queue(
                 prompt, answer.get("prompt_token_ids"), completions, version, created
             )
         finally:
@@ -202,7 +202,7 @@ class Generator:
             async with self.pool.stream_chat(body) as stream:
                 yield stream
 
-    async def learn(
+    async def verify_and_queue(
         self,
         prompt: Prompt,
         prompt_ids: list[int] | None,

@@ -101,7 +101,7 @@ class HotSwapper:
     async def _stage(self, targets: list[Engine], path: str, version: int) -> None:
         """Every engine reads the checkpoint while it serves; a failure changes nothing."""
         try:
-            await _each(targets, lambda e: self.pool.stage(e, path))
+            await _on_all(targets, lambda e: self.pool.stage(e, path))
         except Exception as exc:
             await asyncio.gather(
                 *(self.pool.discard_staged(e) for e in targets), return_exceptions=True
@@ -128,7 +128,7 @@ class HotSwapper:
         reset the prefix cache, resume."""
         staged = time.perf_counter()
         try:
-            await _each(targets, self.pool.pause)
+            await _on_all(targets, self.pool.pause)
         except Exception as exc:
             await asyncio.gather(*(self.pool.resume(e) for e in targets), return_exceptions=True)
             if strategy == "stage":
@@ -142,10 +142,10 @@ class HotSwapper:
         paused = time.perf_counter()
         load = self.pool.flip if strategy == "stage" else self.pool.reload
         try:
-            await _each(targets, lambda e: load(e, path))
+            await _on_all(targets, lambda e: load(e, path))
             loaded = time.perf_counter()
-            await _each(targets, lambda e: self.pool.set_version(e, version))
-            await _each(targets, self.pool.reset_prefix_cache)
+            await _on_all(targets, lambda e: self.pool.set_version(e, version))
+            await _on_all(targets, self.pool.reset_prefix_cache)
         except Exception as exc:  # whatever broke, no engine may resume on these weights
             logger.error("swap to v%d (%s) failed: %s; recovering", version, path, exc)
             raise await self._recover(targets, path, version, exc) from exc
@@ -270,7 +270,7 @@ class HotSwapper:
             self.metrics.swap_seconds.labels(phase).observe(getattr(timings, f"{phase}_s"))
 
 
-async def _each(engines: list[Engine], call: Callable[[Engine], Awaitable[None]]) -> None:
+async def _on_all(engines: list[Engine], call: Callable[[Engine], Awaitable[None]]) -> None:
     """Run `call` on every engine at once; after all are done, raise the first failure."""
     results = await asyncio.gather(*(call(e) for e in engines), return_exceptions=True)
     for result in results:

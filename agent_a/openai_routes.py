@@ -242,7 +242,7 @@ class Chat:
         self, prompt_ids: list[int] | None, completions: list[Completion], version: int
     ) -> list[LearnedSample]:
         assert self.prompt is not None
-        solutions = await self.generator.learn(
+        solutions = await self.generator.verify_and_queue(
             self.prompt, prompt_ids, completions, version, self.created
         )
         return [

@@ -22,6 +22,7 @@ class EngineSettings(BaseSettings):
     """Address vLLM listens on. Its port also carries the unauthenticated control routes (pause,
     reload, resume): loopback or a private network only, never published."""
     port: int = Field(default=8000, ge=1, le=65535)
+    """Port of vLLM's OpenAI API and of the control routes."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Weights and activations; auto: float32 on the CPU build (bf16 is emulated, and slow, on
     most CPUs), the model config's dtype on CUDA."""
@@ -51,6 +52,7 @@ class GeneratorSettings(BaseSettings):
     host: str = "127.0.0.1"
     """Address the generator API listens on; 0.0.0.0 only with an api_token."""
     port: int = Field(default=8001, ge=1, le=65535)
+    """Port the generator API listens on."""
     engine_urls: list[str] = Field(default=["http://127.0.0.1:8000"], min_length=1)
     """vLLM engines (JSON list): requests go to the least busy one, swaps go to all."""
     verifier_url: str = "http://127.0.0.1:8002"

@@ -15,8 +15,8 @@ with and without the time spent evaluating (the evaluation would not hold a pipe
 
 The feedback S for a sample comes from one of two rules (`--score`):
 - `c`:        solution_score = reasoning_score = is_correct, so S = C.
-- `no-opinion`: what the seed verifier's rule path sent (agent_b/scoring.py has since replaced
-              the 0.5 by the outcome): solution_score = C and reasoning_score from the
+- `no-opinion`: what the first verifier's rule path sent (agent_b/scoring.py scores the
+              outcome instead of the 0.5): solution_score = C and reasoning_score from the
               arithmetic the solution writes out, 0.5 ("no opinion") when it writes none; a
               wrong final answer with no checkable step then gets S = 0.25 (0.125 when it
               writes one wrong "a + b = c"), a right one S = 0.75.
@@ -56,7 +56,7 @@ from services.schemas import ProblemIn
 from trainer.loss import feedback_augmented_loss
 
 DEFAULT_MODEL = Path.home() / ".cache/gvloop/models/SmolLM2-135M-Instruct"
-NO_OPINION = 0.5  # the seed verifier's reasoning score when it had nothing to check
+NO_OPINION = 0.5  # the first verifier's reasoning score when it had nothing to check
 INSTRUCTION = "Reply with 'Answer: N'."
 
 

@@ -122,7 +122,7 @@ class Intake:
                 deadline = time.monotonic() + self.max_wait_s
         return batch
 
-    def trained(self, ids: list[str]) -> None:
+    def record_trained(self, ids: list[str]) -> None:
         """A step used these samples."""
         self.uncommitted.extend(ids)
 
@@ -130,7 +130,7 @@ class Intake:
         """What the next checkpoint records as committed."""
         return self.unacked + self.uncommitted
 
-    def committed(self) -> None:
+    def mark_committed(self) -> None:
         """The checkpoint holding `commit_ids()` is on disk."""
         self.unacked += self.uncommitted
         self.uncommitted = []

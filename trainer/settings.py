@@ -54,7 +54,9 @@ class TrainerSettings(BaseSettings):
     decay_steps: int = Field(default=0, ge=0)
     """Steps from the end of warm-up to min_lr (cosine, linear); 0: max_steps - warmup_steps."""
     weight_decay: float = Field(default=0.0, ge=0)
+    """AdamW's decoupled weight decay."""
     betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW's betas (JSON list)."""
     max_grad_norm: float = Field(default=1.0, gt=0)
     """Gradients are clipped to this global norm."""
     lambda1: float = Field(default=2.0, ge=0)

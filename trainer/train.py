@@ -239,7 +239,7 @@ class Worker:
                     break
                 seconds = time.perf_counter() - t0
                 self.step += 1
-                self.intake.trained([d.id for d in deliveries])
+                self.intake.record_trained([d.id for d in deliveries])
                 self.state.samples_trained += len(deliveries)
                 self.state.tokens_trained += out.tokens
                 oldest = min(d.sample.weight_version for d in deliveries)
@@ -276,7 +276,7 @@ class Worker:
             model_state, optimizer_state, state,
         )  # fmt: skip
         self.state, self.intake.skipped = state, 0
-        self.intake.committed()
+        self.intake.mark_committed()
         self.metrics.record_checkpoint(
             state.step, state.version, path, time.perf_counter() - t0, len(state.committed_ids)
         )

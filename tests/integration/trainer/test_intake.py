@@ -59,18 +59,18 @@ async def test_batches_skips_and_commits(redis_client, stream_name, tmp_path: Pa
 
     first = await intake.next_batch(lambda: 3, stop)
     assert [d.id for d in first] == good[:4]
-    intake.trained([d.id for d in first])
+    intake.record_trained([d.id for d in first])
     # one good sample left: the batch closes after max_wait_s with what it has
     second = await intake.next_batch(lambda: 3, stop)
     assert [d.id for d in second] == good[4:]
     assert intake.uncommitted == good[:4]
     # the skipped ones are acknowledged at once: nothing of them waits for a checkpoint
     assert await redis_client.xlen(stream_name) == len(good)
-    intake.trained([d.id for d in second])
+    intake.record_trained([d.id for d in second])
 
     # the checkpoint commits every step since the last one, then everything is acknowledged
     assert set(intake.commit_ids()) == set(good)
-    intake.committed()
+    intake.mark_committed()
     assert intake.uncommitted == [] and await intake.ack_committed()
     assert await redis_client.xlen(stream_name) == 0
     skips = (tmp_path / "metrics.jsonl").read_text()
@@ -138,7 +138,7 @@ async def test_a_sample_reclaimed_from_itself_is_not_trained_twice(
     ids = [await producer.put(make_sample()) for _ in range(2)]
     stop = asyncio.Event()
     assert [d.id for d in await intake.next_batch(lambda: 0, stop)] == ids
-    intake.trained(ids)
+    intake.record_trained(ids)
     # the checkpoint takes longer than claim_idle_s: XAUTOCLAIM hands them to this consumer again
     idle_s = intake.queue.claim_idle_ms / 1000 + 1
     await age_pending(redis_client, stream_name, "trainer", CONSUMER, ids, idle_s)
@@ -194,8 +194,8 @@ async def test_redis_failures_are_logged_backed_off_and_retried(
         ids = [await producer.put(make_sample()) for _ in range(3)]
         assert await intake.lag() == 3
         assert [d.id for d in await intake.next_batch(lambda: 0, asyncio.Event())] == ids
-        intake.trained(ids)
-        intake.committed()
+        intake.record_trained(ids)
+        intake.mark_committed()
         assert await intake.lag() == 0
         await asyncio.to_thread(server.stop)
 
