@@ -22,7 +22,8 @@ import typer
 
 from gvloop.launcher import Launcher
 from gvloop.problems import PROBLEM_SETS, load_problems
-from gvloop.stack import StackPorts, local_components
+from gvloop.stack import local_components
+from gvloop.topology import StackTopology
 from services.clients import GeneratorClient
 from services.model_files import resolve_model
 from services.redis_server import EmbeddedRedis
@@ -68,10 +69,13 @@ async def pipeline(
 
 
 async def measure(
-    ports: StackPorts, problems: list[ProblemIn], n: int, sampling: SamplingParams, rounds: int
+    topology: StackTopology,
+    problems: list[ProblemIn],
+    n: int,
+    sampling: SamplingParams,
+    rounds: int,
 ) -> tuple[list[Rate], list[Rate]]:
-    engine_url = f"http://127.0.0.1:{ports.engine}"
-    generator_url = f"http://127.0.0.1:{ports.generator}"
+    engine_url, generator_url = topology.engine.url, topology.generator.url
     await raw(engine_url, problems[:2], n, sampling)  # burn-in: first batches are slow
     await pipeline(generator_url, problems[:2], n, sampling)
     raws, pipes = [], []
@@ -93,7 +97,7 @@ def main(
     model_dir = resolve_model(model, common.data_dir)
     batch = load_problems(PROBLEM_SETS["words"].train, limit=problems)
     sampling = SamplingParams(temperature=0.8, max_tokens=max_tokens, seed=0)
-    ports = StackPorts.free()
+    topology = StackTopology.free()
     env = {"GVLOOP_ENGINE_KV_CACHE_GIB": str(kv_cache_gib), "GVLOOP_MAX_BACKLOG": "100000"}
     with tempfile.TemporaryDirectory(prefix="bench-generator-") as tmp:
         data_dir = Path(tmp)
@@ -102,11 +106,11 @@ def main(
             Launcher(data_dir / "logs", echo=False) as launcher,
         ):
             for component in local_components(
-                model_dir, redis.url, data_dir, ports, env, trainer=False
+                model_dir, redis.url, data_dir, topology, env, trainer=False
             ):
                 launcher.start(component)
             launcher.wait_ready()
-            raws, pipes = asyncio.run(measure(ports, batch, n, sampling, rounds))
+            raws, pipes = asyncio.run(measure(topology, batch, n, sampling, rounds))
 
     raw_p, raw_t = (statistics.median(r[i] for r in raws) for i in (0, 1))
     pipe_p, pipe_t = (statistics.median(r[i] for r in pipes) for i in (0, 1))

@@ -30,8 +30,9 @@ import typer
 from safetensors import safe_open
 
 from gvloop.launcher import Component, Launcher
-from gvloop.stack import StackPorts, local_components
+from gvloop.stack import local_components
 from gvloop.tiny_model import SIZES, parse_random, random_llama
+from gvloop.topology import StackTopology
 from services.clients import GeneratorClient
 from services.model_files import resolve_model
 from services.redis_server import EmbeddedRedis
@@ -175,16 +176,16 @@ def measure(model_dir: Path, swaps: int, kv_cache_gib: int) -> Measured:
         for i in range(2):  # two hard-linked copies, alternated: each swap loads a new directory
             checkpoints.append(root / f"step_{i}")
             shutil.copytree(model_dir, checkpoints[-1], copy_function=os.link)
-        ports = StackPorts.free()
+        topology = StackTopology.free()
         env = {"GVLOOP_CHECKPOINT_DIR": str(root), "GVLOOP_ENGINE_KV_CACHE_GIB": str(kv_cache_gib)}
         with EmbeddedRedis(data_dir / "redis") as redis:
             components = {
                 c.name: c
                 for c in local_components(
-                    str(model_dir), redis.url, data_dir, ports, env, trainer=False
+                    str(model_dir), redis.url, data_dir, topology, env, trainer=False
                 )
             }
-            engine_url = f"http://127.0.0.1:{ports.engine}"
+            engine_url = topology.engine.url
             with Launcher(data_dir / "logs", echo=False) as engines:
                 engines.start(components["engine"])
                 engines.wait_ready()
@@ -192,9 +193,7 @@ def measure(model_dir: Path, swaps: int, kv_cache_gib: int) -> Measured:
                     generator.start(components["generator"])
                     generator.wait_ready()
                     plan = [checkpoints[i % 2] for i in range(swaps + 1)]
-                    measured = asyncio.run(
-                        hot_swaps(f"http://127.0.0.1:{ports.generator}", engine_url, plan)
-                    )
+                    measured = asyncio.run(hot_swaps(topology.generator.url, engine_url, plan))
                 restarted = restart(engines, components["engine"], checkpoints[0], engine_url)
     return Measured(model_dir.name, parameters(model_dir) / 1e6, measured, restarted)
 

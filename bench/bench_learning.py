@@ -35,7 +35,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from gvloop.curve import EvalPoint, curve_table
 from gvloop.demo import DEMO_RECIPE, DemoConfig
 from gvloop.problems import PROBLEM_SETS
-from gvloop.stack import StackPorts, run_stack, training_stack
+from gvloop.stack import run_stack, training_stack
+from gvloop.topology import StackTopology
 from services.logs import setup_logging
 from services.settings import CommonSettings
 from trainer.settings import TrainerSettings
@@ -114,7 +115,9 @@ def main(
         run_common, model, env = training_stack(common, common.model)
         # every checkpoint kept, to be evaluated once the run is over
         env = {**env, **RECIPES[name], "GVLOOP_TRAINER_KEEP_CHECKPOINTS": "100000"}
-        curve: list[EvalPoint] | None = run_stack(run_common, model, StackPorts(), config, env=env)
+        curve: list[EvalPoint] | None = run_stack(
+            run_common, model, StackTopology.from_settings(), config, env=env
+        )
         assert curve is not None
         curve = evaluate_after(curve, model, naive_config)
         print(f"\ngvloop, recipe {name} {RECIPES[name]}, {time.monotonic() - started:.0f}s:")

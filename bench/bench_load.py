@@ -28,7 +28,8 @@ import typer
 
 from gvloop.launcher import Component, Launcher
 from gvloop.problems import PROBLEM_SETS, load_problems
-from gvloop.stack import StackPorts, local_components
+from gvloop.stack import local_components
+from gvloop.topology import StackTopology
 from services.logs import setup_logging
 from services.model_files import DEFAULT_MODEL, prepare_default_model
 from services.redis_server import EmbeddedRedis, connect
@@ -185,7 +186,7 @@ def main(
         for p in load_problems(PROBLEM_SETS["words"].train, limit=64)
     ]
     data_dir = Path(tempfile.mkdtemp(prefix="gvloop-bench-load-"))
-    ports = StackPorts.free()
+    topology = StackTopology.free()
     env = {
         "GVLOOP_MAX_BACKLOG": str(backlog),
         "GVLOOP_TRAINER_BATCH_SIZE": "8",
@@ -196,7 +197,7 @@ def main(
     started = time.monotonic()
     log_dir = data_dir / "logs"
     with EmbeddedRedis(data_dir / "redis") as redis, Launcher(log_dir, echo=False) as stack:
-        components = local_components(model_path, redis.url, data_dir, ports, env)
+        components = local_components(model_path, redis.url, data_dir, topology, env)
         *services, trainer = components
         for component in services:
             stack.start(component)
@@ -204,7 +205,7 @@ def main(
                 stack.wait_ready()
         print(f"stack up in {time.monotonic() - started:.0f}s; logs in {log_dir}")
         run = Run(
-            f"http://127.0.0.1:{ports.generator}",
+            topology.generator.url,
             redis.url,
             common.stream,
             trainer,

@@ -173,7 +173,8 @@ def up(
     from gvloop.launcher import ComponentDiedError, ComponentNotReadyError
     from gvloop.preflight import DataDirLockedError, RunLock, check_ports
     from gvloop.problems import PROBLEM_SETS, ProblemFileError, TaskKeys
-    from gvloop.stack import StackPorts, new_run_dir, run_stack, training_stack
+    from gvloop.stack import new_run_dir, run_stack, training_stack
+    from gvloop.topology import StackTopology
     from services.model_files import DEFAULT_MODEL
     from services.processes import PortInUseError
 
@@ -225,7 +226,7 @@ def up(
     run_env = {**task_env}
     if max_steps is not None:
         run_env["GVLOOP_TRAINER_MAX_STEPS"] = str(max_steps)
-    ports = StackPorts.from_settings()
+    topology = StackTopology.from_settings()
     # under the data dir given, not the demo's own (<data_dir>/demo), which the next demo empties
     run_dir = resume.resolve() if resume else new_run_dir(common.data_dir, training)
     env: dict[str, str] = {}
@@ -234,7 +235,7 @@ def up(
     try:
         # before anything starts, and on the data dir given: a demo empties <data_dir>/demo
         with RunLock(common.data_dir):
-            check_ports(ports)
+            check_ports(topology)
             if not verbose:
                 # the console shows gvloop's events; its log lines are for when something is off
                 setup_logging(common.log_level, file=run_dir / "logs" / "gvloop.log")
@@ -247,7 +248,7 @@ def up(
             curve = run_stack(
                 common,
                 model,
-                ports,
+                topology,
                 config if training else None,
                 env={**env, **run_env},
                 run_dir=run_dir,
@@ -457,9 +458,10 @@ def status() -> None:
 
     from rich.console import Console
 
-    from gvloop.status import collect, status_table, targets_from_settings
+    from gvloop.status import collect, status_table, targets
+    from gvloop.topology import StackTopology
 
-    rows = asyncio.run(collect(targets_from_settings()))
+    rows = asyncio.run(collect(targets(StackTopology.from_settings())))
     Console().print(status_table(rows))
     if not all(row.healthy for row in rows):
         raise typer.Exit(1)

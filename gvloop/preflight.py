@@ -10,7 +10,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from gvloop.stack import StackPorts
+from gvloop.topology import StackTopology
 from services.processes import check_port_free
 
 LOCK_NAME = "gvloop-up.lock"
@@ -68,19 +68,10 @@ class RunLock:
         self.release()
 
 
-def check_ports(ports: StackPorts) -> None:
+def check_ports(topology: StackTopology) -> None:
     """Raise PortInUseError for the first port of the stack a server already listens on, on
     the address its component will listen on."""
-    from agent_a.settings import EngineSettings, GeneratorSettings
-    from agent_b.settings import VerifierSettings
-    from trainer.settings import TrainerSettings
-
-    listeners = [
-        (EngineSettings().host, ports.engine, "GVLOOP_ENGINE_PORT"),
-        (VerifierSettings().host, ports.verifier, "GVLOOP_VERIFIER_PORT"),
-        (GeneratorSettings().host, ports.generator, "GVLOOP_GENERATOR_PORT"),
-        (TrainerSettings().metrics_host, ports.trainer_metrics, "GVLOOP_TRAINER_METRICS_PORT"),
-    ]
-    for host, port, setting in listeners:
-        if port:  # the trainer's metrics port may be 0: no endpoint
-            check_port_free(host, port, f"set {setting} to another port")
+    for endpoint in topology.listeners:
+        check_port_free(
+            endpoint.host, endpoint.port, f"set {endpoint.port_setting} to another port"
+        )

@@ -14,16 +14,15 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel
-
 from agent_a.settings import EngineSettings
 from agent_a.vllm_command import engine_command
 from gvloop.console import RunConsole, open_console
 from gvloop.curve import EvalPoint
 from gvloop.demo import DEMO_RECIPE, Demo, DemoConfig
-from gvloop.launcher import Component, Launcher, free_ports
+from gvloop.launcher import Component, Launcher
 from gvloop.monitor import Monitor
 from gvloop.runstate import RunState
+from gvloop.topology import StackTopology, local_host
 from services.model_files import DEFAULT_MODEL, prepare_default_model
 from services.queue import open_queue
 from services.redis_server import ensure_redis
@@ -35,69 +34,11 @@ PYTHON_M_GVLOOP = [sys.executable, "-m", "gvloop"]
 T = TypeVar("T")
 
 
-class StackPorts(BaseModel):
-    engine: int = 8000
-    generator: int = 8001
-    verifier: int = 8002
-    trainer_metrics: int = 8003
-
-    @classmethod
-    def free(cls) -> StackPorts:
-        """Ports free right now, for a stack beside others (tests, benchmarks)."""
-        return cls(**dict(zip(cls.model_fields, free_ports(len(cls.model_fields)), strict=True)))
-
-    @classmethod
-    def from_settings(cls) -> StackPorts:
-        """GVLOOP_ENGINE_PORT, GVLOOP_GENERATOR_PORT, GVLOOP_VERIFIER_PORT and
-        GVLOOP_TRAINER_METRICS_PORT, as each component started alone would read them."""
-        from agent_a.settings import GeneratorSettings
-        from agent_b.settings import VerifierSettings
-        from trainer.settings import TrainerSettings
-
-        return cls(
-            engine=EngineSettings().port,
-            generator=GeneratorSettings().port,
-            verifier=VerifierSettings().port,
-            trainer_metrics=TrainerSettings().metrics_port,
-        )
-
-
-class Tokens(BaseModel):
-    """The APIs' bearer tokens (GVLOOP_GENERATOR_API_TOKEN, GVLOOP_GENERATOR_OPERATOR_TOKEN,
-    GVLOOP_VERIFIER_API_TOKEN), handed to each component that calls them, as
-    docker-compose.yml does."""
-
-    generator: str | None = None
-    operator: str | None = None
-    """The hot swap's: the trainer's, when set (else the generator's API token guards swaps)."""
-    verifier: str | None = None
-
-    @classmethod
-    def from_settings(cls) -> Tokens:
-        from agent_a.settings import GeneratorSettings
-        from agent_b.settings import VerifierSettings
-
-        generator = GeneratorSettings()
-        return cls(
-            generator=generator.api_token,
-            operator=generator.operator_token,
-            verifier=VerifierSettings().api_token,
-        )
-
-    def client_env(self) -> dict[str, str]:
-        env = {}
-        if self.operator or self.generator:
-            env["GVLOOP_TRAINER_GENERATOR_TOKEN"] = self.operator or self.generator
-        if self.verifier:
-            env["GVLOOP_GENERATOR_VERIFIER_TOKEN"] = self.verifier
-        return env
-
-
 def local_components(
     model: str,
     redis_url: str,
     data_dir: Path,
-    ports: StackPorts,
+    topology: StackTopology,
     env: dict[str, str] | None = None,
     trainer: bool = True,
 ) -> list[Component]:
@@ -110,31 +51,31 @@ def local_components(
         "HF_HUB_OFFLINE": "1",
         **(env or {}),
     }
-    local = "http://127.0.0.1"
+    engine, generator, verifier = topology.engine, topology.generator, topology.verifier
     components = [
         Component(
             "engine",
-            [*PYTHON_M_GVLOOP, "agent-a", "engine", "--port", str(ports.engine)],
+            [*PYTHON_M_GVLOOP, "agent-a", "engine", "--port", str(engine.port)],
             shared,
-            health_url=f"{local}:{ports.engine}/health",
+            health_url=f"{engine.url}/health",
             ready_timeout_s=900,
         ),
         Component(
             "verifier",
-            [*PYTHON_M_GVLOOP, "agent-b", "serve", "--port", str(ports.verifier)],
+            [*PYTHON_M_GVLOOP, "agent-b", "serve", "--port", str(verifier.port)],
             shared,
-            health_url=f"{local}:{ports.verifier}/health",
+            health_url=f"{verifier.url}/health",
             identity="instance",
         ),
         Component(
             "generator",
-            [*PYTHON_M_GVLOOP, "agent-a", "serve", "--port", str(ports.generator)],
+            [*PYTHON_M_GVLOOP, "agent-a", "serve", "--port", str(generator.port)],
             {
                 **shared,
-                "GVLOOP_GENERATOR_ENGINE_URLS": json.dumps([f"{local}:{ports.engine}"]),
-                "GVLOOP_GENERATOR_VERIFIER_URL": f"{local}:{ports.verifier}",
+                "GVLOOP_GENERATOR_ENGINE_URLS": json.dumps([engine.url]),
+                "GVLOOP_GENERATOR_VERIFIER_URL": verifier.url,
             },
-            health_url=f"{local}:{ports.generator}/health",
+            health_url=f"{generator.url}/health",
             identity="instance",
         ),
     ]
@@ -145,11 +86,11 @@ def local_components(
                 [*PYTHON_M_GVLOOP, "trainer", "run"],
                 {
                     **shared,
-                    "GVLOOP_TRAINER_GENERATOR_URL": f"{local}:{ports.generator}",
-                    "GVLOOP_TRAINER_METRICS_PORT": str(ports.trainer_metrics),
+                    "GVLOOP_TRAINER_GENERATOR_URL": generator.url,
+                    "GVLOOP_TRAINER_METRICS_PORT": str(topology.trainer_metrics.port),
                 },
-                health_url=f"{local}:{ports.trainer_metrics}/metrics"
-                if ports.trainer_metrics
+                health_url=f"{topology.trainer_metrics.url}/metrics"
+                if topology.trainer_metrics.port
                 else None,
                 # on SIGTERM it checkpoints the steps taken since its last checkpoint
                 stop_timeout_s=180,
@@ -164,12 +105,11 @@ def engine_component(model: str, settings: EngineSettings) -> Component:
     `gvloop agent-a engine`: `Launcher.start` runs it, `wait_ready` waits for /health (raising
     with its last log lines if it dies or the deadline passes)."""
     argv, env = engine_command(model, settings)
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     return Component(
         "engine",
         argv,
         env,
-        health_url=f"http://{host}:{settings.port}/health",
+        health_url=f"http://{local_host(settings.host)}:{settings.port}/health",
         ready_timeout_s=settings.start_timeout_s,
     )
 
@@ -219,7 +159,7 @@ def new_run_dir(data_dir: Path, kind: str | None = None) -> Path:
 def run_stack(
     common: CommonSettings,
     model: str,
-    ports: StackPorts,
+    topology: StackTopology,
     demo: DemoConfig | None = None,
     env: dict[str, str] | None = None,
     *,
@@ -242,7 +182,7 @@ def run_stack(
     else:
         console.start()
     try:
-        return _run(common, model, ports, demo, env or {}, state, console, verbose, resume)
+        return _run(common, model, topology, demo, env or {}, state, console, verbose, resume)
     finally:
         if console is not None:
             console.stop()
@@ -251,7 +191,7 @@ def run_stack(
 def _run(
     common: CommonSettings,
     model: str,
-    ports: StackPorts,
+    topology: StackTopology,
     demo: DemoConfig | None,
     env: dict[str, str],
     state: RunState,
@@ -272,9 +212,8 @@ def _run(
     try:
         log_dir = state.run_dir / "logs"
         with Launcher(log_dir, echo=verbose, on_state=state.component) as launcher:
-            tokens = Tokens.from_settings()
-            env = {**tokens.client_env(), **env}
-            components = local_components(model_path, redis_url, common.data_dir, ports, env)
+            env = {**topology.client_env(), **env}
+            components = local_components(model_path, redis_url, common.data_dir, topology, env)
             state.phase = "starting components"
             for component in components:
                 launcher.start(component)
@@ -282,14 +221,13 @@ def _run(
                     launcher.wait_ready()
             state.event(
                 f"pipeline up in {state.elapsed_s:.0f}s: POST problems to "
-                f"http://127.0.0.1:{ports.generator}/problems, verifier at "
-                f"http://127.0.0.1:{ports.verifier}/verify"
+                f"{topology.generator.url}/problems, verifier at {topology.verifier.url}/verify"
             )
             state.phase = "serving (Ctrl-C stops)" if demo is None else "starting the demo"
             monitor = Monitor(
                 state,
                 trainer_jsonl,
-                generator_metrics_url=f"http://127.0.0.1:{ports.generator}/metrics",
+                generator_metrics_url=f"{topology.generator.url}/metrics",
                 queue=open_queue(common, redis_url, consumer="gvloop-monitor"),
                 tensorboard_dir=state.run_dir / "tensorboard",
                 jsonl_offset=seen,
@@ -300,7 +238,7 @@ def _run(
                 except KeyboardInterrupt:
                     state.event("Ctrl-C: stopping every component")
                 return None
-            work = _run_demo(demo, ports, tokens, common, redis_url, state, launcher, resume)
+            work = _run_demo(demo, topology, common, redis_url, state, launcher, resume)
             return asyncio.run(_supervise(launcher, monitor, console, work))
     finally:
         state.phase = "stopped"
@@ -340,23 +278,21 @@ async def _supervise(
 
 async def _run_demo(
     config: DemoConfig,
-    ports: StackPorts,
-    tokens: Tokens,
+    topology: StackTopology,
     common: CommonSettings,
     redis_url: str,
     state: RunState,
     launcher: Launcher,
     resume: bool,
 ) -> list[EvalPoint]:
-    local = "http://127.0.0.1"
     demo = Demo(
         config,
-        generator_url=f"{local}:{ports.generator}",
-        engine_url=f"{local}:{ports.engine}",
-        verifier_url=f"{local}:{ports.verifier}",
+        generator_url=topology.generator.url,
+        engine_url=topology.engine.url,
+        verifier_url=topology.verifier.url,
         out_dir=state.run_dir,
-        generator_token=tokens.generator,
-        verifier_token=tokens.verifier,
+        generator_token=topology.generator_token,
+        verifier_token=topology.verifier_token,
         queue=open_queue(common, redis_url, consumer="gvloop-demo"),
         state=state,
         checkpoint_root=common.checkpoint_root,

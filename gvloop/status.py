@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 from rich.table import Table
 
+from gvloop.topology import StackTopology
 from services.clients import bearer
 
 Metrics = dict[str, float]
@@ -35,49 +36,25 @@ class ComponentStatus(BaseModel):
     metrics: Metrics = {}
 
 
-def local_host(host: str) -> str:
-    """Where a client on this machine reaches a server bound to `host`."""
-    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-
-
-def targets_from_settings() -> list[Target]:
-    """Every component's URLs and the tokens that open them, from GVLOOP_* settings."""
-    from agent_a.settings import EngineSettings, GeneratorSettings
-    from agent_b.settings import VerifierSettings
-    from trainer.settings import TrainerSettings
-
-    engine, generator = EngineSettings(), GeneratorSettings()
-    verifier, trainer = VerifierSettings(), TrainerSettings()
-    urls = {
-        "engine": f"http://{local_host(engine.host)}:{engine.port}",
-        "generator": f"http://{local_host(generator.host)}:{generator.port}",
-        "verifier": f"http://{local_host(verifier.host)}:{verifier.port}",
-        "trainer": f"http://{local_host(trainer.metrics_host)}:{trainer.metrics_port}",
-    }
-    targets = [
+def targets(topology: StackTopology) -> list[Target]:
+    """Every component's /health and /metrics, and the token that opens them."""
+    found = [
         Target(
-            name="engine",
-            health_url=f"{urls['engine']}/health",
-            metrics_url=f"{urls['engine']}/metrics",
-        ),
-        Target(
-            name="generator",
-            health_url=f"{urls['generator']}/health",
-            metrics_url=f"{urls['generator']}/metrics",
-            token=generator.api_token,
-        ),
-        Target(
-            name="verifier",
-            health_url=f"{urls['verifier']}/health",
-            metrics_url=f"{urls['verifier']}/metrics",
-            token=verifier.api_token,
-        ),
-    ]
-    if trainer.metrics_port:  # 0: the trainer serves no metrics
-        targets.append(
-            Target(name="trainer", health_url=None, metrics_url=f"{urls['trainer']}/metrics")
+            name=name,
+            health_url=f"{endpoint.url}/health",
+            metrics_url=f"{endpoint.url}/metrics",
+            token=token,
         )
-    return targets
+        for name, endpoint, token in (
+            ("engine", topology.engine, None),
+            ("generator", topology.generator, topology.generator_token),
+            ("verifier", topology.verifier, topology.verifier_token),
+        )
+    ]
+    if topology.trainer_metrics.port:  # 0: the trainer serves no metrics
+        url = topology.trainer_metrics.url
+        found.append(Target(name="trainer", health_url=None, metrics_url=f"{url}/metrics"))
+    return found
 
 
 def parse_metrics(text: str) -> Metrics:

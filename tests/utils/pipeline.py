@@ -12,7 +12,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from gvloop.launcher import Component, Launcher
-from gvloop.stack import StackPorts, local_components
+from gvloop.stack import local_components
+from gvloop.topology import StackTopology
 from services.queue import PAYLOAD
 from services.redis_server import EmbeddedRedis, connect
 from services.schemas import Sample
@@ -20,29 +21,26 @@ from services.settings import CommonSettings
 from tests.utils.waits import until
 from trainer import ckpt
 
-LOCAL = "http://127.0.0.1"
-
 
 class LocalStack:
     """Components by name; `start`, `kill`, `stop` act on one, `close` on all."""
 
     def __init__(
-        self, components: list[Component], data_dir: Path, redis: EmbeddedRedis, ports: StackPorts
+        self,
+        components: list[Component],
+        data_dir: Path,
+        redis: EmbeddedRedis,
+        topology: StackTopology,
     ) -> None:
         self.components = {c.name: c for c in components}
         self.data_dir = data_dir
         self.redis = redis
-        self.ports = ports
+        self.topology = topology
         self.launchers: dict[str, Launcher] = {}
 
     def url(self, name: str) -> str:
-        port = {
-            "engine": self.ports.engine,
-            "generator": self.ports.generator,
-            "verifier": self.ports.verifier,
-            "trainer": self.ports.trainer_metrics,
-        }[name]
-        return f"{LOCAL}:{port}"
+        endpoint = "trainer_metrics" if name == "trainer" else name
+        return getattr(self.topology, endpoint).url
 
     def events(self, kind: str) -> list[dict]:
         """The trainer's JSON-lines records of this kind (step, checkpoint, swap, skip)."""
@@ -141,10 +139,10 @@ def local_stack(
     model_dir: Path, data_dir: Path, env: dict[str, str], start: tuple[str, ...]
 ) -> Iterator[LocalStack]:
     """A private Redis and the pipeline's components (those named in `start` started)."""
-    ports = StackPorts.free()
+    topology = StackTopology.free()
     with EmbeddedRedis(data_dir / "redis") as redis:
-        components = local_components(str(model_dir), redis.url, data_dir, ports, env)
-        stack = LocalStack(components, data_dir, redis, ports)
+        components = local_components(str(model_dir), redis.url, data_dir, topology, env)
+        stack = LocalStack(components, data_dir, redis, topology)
         try:
             if start:
                 stack.start(*start)

@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from gvloop.preflight import LOCK_NAME
-from gvloop.stack import StackPorts
+from gvloop.topology import StackPorts
 from tests.integration.gvloop.up_process import Up
 
 READY = "pipeline up"

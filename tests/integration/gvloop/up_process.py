@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 
-from gvloop.stack import StackPorts
+from gvloop.topology import StackPorts
 
 
 def stack_env(data_dir: Path, ports: StackPorts) -> dict[str, str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gvloop.preflight import LOCK_NAME, DataDirLockedError, RunLock, check_ports
-from gvloop.stack import StackPorts
+from gvloop.topology import StackPorts, StackTopology
 from services.processes import PortInUseError
 
 
@@ -54,7 +54,7 @@ class TestRunLock:
 
 class TestCheckPorts:
     def test_free_ports_pass(self) -> None:
-        check_ports(StackPorts.free())
+        check_ports(StackTopology.free())
 
     @pytest.mark.parametrize(
         ("field", "setting"),
@@ -71,11 +71,12 @@ class TestCheckPorts:
         port = listening.getsockname()[1]
         ports = StackPorts.free().model_copy(update={field: port})
         with pytest.raises(PortInUseError) as refused:
-            check_ports(ports)
+            check_ports(StackTopology.from_settings(ports))
         message = str(refused.value)
         assert message.startswith(f"port {port} on 127.0.0.1 is already in use by pid ")
         assert f"kill {os.getpid()}" in message and f"set {setting} to another port" in message
 
     def test_no_trainer_metrics_port_is_not_checked(self) -> None:
         # GVLOOP_TRAINER_METRICS_PORT=0: the trainer serves no metrics
-        check_ports(StackPorts.free().model_copy(update={"trainer_metrics": 0}))
+        ports = StackPorts.free().model_copy(update={"trainer_metrics": 0})
+        check_ports(StackTopology.from_settings(ports))
