@@ -5,8 +5,10 @@ The baseline half of the learning benchmark. One step is:
     1. sample `samples_per_problem` completions for each of `problems_per_step` training
        problems with HF `generate` (temperature sampling, `max_new_tokens`),
     2. grade them with the verifier's rules (`agent_b.rules`: final answer vs reference),
-    3. one AdamW step on the seed's feedback-augmented loss (`trainer.loss`) over all of them
-       (gradients accumulated over micro-batches, clipped to norm 1).
+    3. one optimizer step over all of them, by the trainer's own code: the samples collated as
+       the trainer collates them (`trainer.batch`) and stepped by its `Replica` (AdamW on the
+       feedback-augmented loss, gradients accumulated over micro-batches, clipped), so the
+       baseline's step is the pipeline's step by construction.
 
 Every `eval_every` steps the held-out set is answered greedily and graded the same way; the
 fraction of distinct final answers among `diversity_samples` sampled answers per problem is
@@ -42,7 +44,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from agent_b.rules import (
     as_integer,
@@ -50,10 +52,14 @@ from agent_b.rules import (
     extract_answer,
     normalize_answer,
 )
+from agent_b.scoring import compute_reasoning_score
 from gvloop.hf_generation import Completion, chat_prompt_ids, generate
 from gvloop.problems import PROBLEM_SETS, load_problems
-from services.schemas import ProblemIn
-from trainer.loss import feedback_augmented_loss
+from services.schemas import Feedback, ProblemIn, Sample, SamplingParams
+from trainer.batch import sequence_length
+from trainer.distributed import Order, Rank
+from trainer.settings import TrainerSettings
+from trainer.train import Replica
 
 DEFAULT_MODEL = Path.home() / ".cache/gvloop/models/SmolLM2-135M-Instruct"
 NO_OPINION = 0.5  # the first verifier's reasoning score when it had nothing to check
@@ -181,11 +187,9 @@ def feedback(text: str, correct: bool, rule: str) -> tuple[float, float]:
         return float(correct), float(correct)
     if rule != "no-opinion":
         raise ValueError(f"unknown score rule {rule!r}")
-    arithmetic = check_arithmetic(text)  # the verifier's rule path, judge not asked
-    if arithmetic.fraction is None:
-        return float(correct), NO_OPINION
-    w = arithmetic.checked / (arithmetic.checked + 1)
-    return float(correct), w * arithmetic.fraction + (1 - w) * NO_OPINION
+    # the verifier's rule path, with "no opinion" where the judge would speak
+    reasoning = compute_reasoning_score(check_arithmetic(text), NO_OPINION, float(correct))
+    return float(correct), reasoning
 
 
 # ----------------------------------------------------------------------------- generation
@@ -198,47 +202,53 @@ def prompt_ids(tok: PreTrainedTokenizerBase, problem: Problem, system_prompt: st
 # ----------------------------------------------------------------------------- training
 
 
-def train_step(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    samples: list[Completion],
-    scores: list[tuple[float, float, bool]],
-    cfg: NaiveConfig,
-    pad: int,
-) -> dict[str, float]:
-    """One AdamW step on the feedback-augmented loss of all samples (mean over samples)."""
-    model.train()
-    n = len(samples)
-    parts = torch.zeros(3)
-    for start in range(0, n, cfg.micro_batch_size):
-        micro = samples[start : start + cfg.micro_batch_size]
-        seqs = [s.prompt_ids + s.completion_ids for s in micro]
-        length = max(len(s) for s in seqs)
-        input_ids = torch.full((len(micro), length), pad)
-        attention_mask = torch.zeros((len(micro), length), dtype=torch.long)
-        loss_mask = torch.zeros((len(micro), length))
-        for row, (sample, seq) in enumerate(zip(micro, seqs, strict=True)):
-            input_ids[row, : len(seq)] = torch.tensor(seq)
-            attention_mask[row, : len(seq)] = 1
-            # position t predicts token t+1: the completion tokens are the targets from the
-            # last prompt position on
-            loss_mask[row, len(sample.prompt_ids) - 1 : len(seq) - 1] = 1
-        target_ids = torch.cat([input_ids[:, 1:], input_ids.new_full((len(micro), 1), pad)], 1)
-        sol, reas, correct = (
-            torch.tensor(col, dtype=torch.float32)
-            for col in zip(*scores[start : start + len(micro)], strict=True)
-        )
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-        out = feedback_augmented_loss(
-            logits, target_ids, loss_mask, sol, reas, correct, cfg.lambda1, cfg.lambda2
-        )
-        (out.loss * len(micro) / n).backward()
-        parts += torch.stack([out.ce.sum(), out.reward.sum(), out.penalty.sum()]).detach()
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    ce, reward, penalty = (parts / n).tolist()
-    return dict(ce=ce, reward=reward, penalty=penalty, grad_norm=float(grad_norm))
+def trainer_settings(cfg: NaiveConfig) -> TrainerSettings:
+    """The trainer's settings for the naive loop's step: its loss and optimizer numbers, the
+    trainer's defaults for the rest."""
+    return TrainerSettings(
+        _env_file=None,  # type: ignore[call-arg]
+        lr=cfg.lr,
+        lambda1=cfg.lambda1,
+        lambda2=cfg.lambda2,
+        micro_batch_size=cfg.micro_batch_size,
+        max_grad_norm=cfg.max_grad_norm,
+    )
+
+
+def load_replica(cfg: NaiveConfig) -> Replica:
+    """The trainer's model and optimizer, in this process alone."""
+    return Replica(
+        cfg.model, None, trainer_settings(cfg), Rank(0, 1, torch.device("cpu"), "single"), None
+    )
+
+
+def as_sample(problem: Problem, completion: Completion, score: tuple[float, float, bool]) -> Sample:
+    """A graded completion as the pipeline queues it for the trainer."""
+    solution_score, reasoning_score, correct = score
+    return Sample(
+        problem_id="naive",
+        problem=problem.prompt,
+        reference_answer=problem.answer,
+        messages=ProblemIn(problem=problem.prompt).chat(None),
+        prompt_token_ids=completion.prompt_ids,
+        completion_token_ids=completion.completion_ids,
+        sampling=SamplingParams(),
+        solution=completion.text,
+        feedback=Feedback(
+            solution_score=solution_score, reasoning_score=reasoning_score, is_correct=correct
+        ),
+        weight_version=0,
+        model="naive",
+    )
+
+
+def train_step(replica: Replica, samples: list[Sample], lr: float) -> dict[str, float]:
+    """One optimizer step on `samples`, as the trainer takes it (ordered by length, as its
+    worker orders a batch)."""
+    order = Order("step", lr, sorted(samples, key=sequence_length))
+    out = replica.step(order, lambda: False)
+    assert out is not None  # nothing asks it to stop
+    return dict(ce=out.ce, reward=out.reward, penalty=out.penalty, grad_norm=out.grad_norm)
 
 
 def imitation_share(scores: list[tuple[float, float, bool]], lambda1: float) -> float:
@@ -317,11 +327,8 @@ def run_naive(cfg: NaiveConfig) -> list[CurvePoint]:
 
     emit("config", dataclasses.asdict(cfg))
     train, heldout = make_task(cfg)
-    tok = AutoTokenizer.from_pretrained(cfg.model)
-    model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0
-    )
+    replica = load_replica(cfg)
+    model, tok = replica.model, replica.tokenizer
     order = random.Random(cfg.seed).sample(train, len(train))
     started = time.monotonic()
     eval_s = 0.0
@@ -365,7 +372,7 @@ def run_naive(cfg: NaiveConfig) -> list[CurvePoint]:
             model, tok, prompts, cfg.samples_per_problem, cfg.temperature, cfg.max_new_tokens
         )
         t1 = time.monotonic()
-        batch, scores = [], []
+        batch, scores, graded = [], [], []
         per_problem = []
         for problem, group in zip(problems, groups, strict=True):
             right = 0
@@ -373,9 +380,10 @@ def run_naive(cfg: NaiveConfig) -> list[CurvePoint]:
                 ok, _ = grade(c.text, problem.answer)
                 batch.append(c)
                 scores.append((*feedback(c.text, ok, cfg.score), ok))
+                graded.append(as_sample(problem, c, scores[-1]))
                 right += ok
             per_problem.append(right)
-        stats = train_step(model, optimizer, batch, scores, cfg, tok.pad_token_id)
+        stats = train_step(replica, graded, cfg.lr)
         step += 1
         samples += len(batch)
         correct = [c for _, _, c in scores]

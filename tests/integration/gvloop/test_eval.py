@@ -4,9 +4,7 @@ report's JSON carries every metric; bad input is exit 2 with one line."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,20 +14,11 @@ from typer.testing import CliRunner
 from gvloop.cli import app
 from services.model_files import prepare_default_model
 from services.settings import CommonSettings
+from tests.utils.bench import naive_loop
 
 pytestmark = pytest.mark.slow
 
-BENCH = Path(__file__).parents[3] / "bench"
 PROBLEMS = 30
-
-
-def naive_loop():
-    spec = importlib.util.spec_from_file_location("naive_loop", BENCH / "naive_loop.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["naive_loop"] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_greedy_accuracy_equals_the_naive_loops_evaluator(tmp_path: Path) -> None:
