@@ -334,17 +334,26 @@ class EnginePool:
         answer, and every control call is idempotent); a timeout is not: the engine may still
         be working on it, and the swap's recovery decides what comes next."""
         policy = self.settings.retry
-        for attempt in range(1, policy.attempts + 1):
-            try:
-                response = await engine.http.request(
-                    method, path, json=body, timeout=deadline_s or self.settings.control_timeout_s
-                )
-                break
-            except httpx.TransportError as exc:
-                cause = f"{type(exc).__name__}: {exc}"
-                if isinstance(exc, httpx.TimeoutException) or attempt == policy.attempts:
-                    raise EngineCallError(engine.url, path, cause) from exc
-                await asyncio.sleep(policy.delay(attempt))
+
+        async def send() -> httpx.Response:
+            timeout = deadline_s or self.settings.control_timeout_s
+            return await engine.http.request(method, path, json=body, timeout=timeout)
+
+        def dropped(failure: BaseException) -> bool:
+            return isinstance(failure, httpx.TransportError) and not isinstance(
+                failure, httpx.TimeoutException
+            )
+
+        def on_retry(failure: BaseException, attempt: int, delay: float) -> None:
+            logger.warning(
+                "engine %s: %s %s: %s: %s; retry %d/%d in %.1fs", engine.url, method, path,
+                type(failure).__name__, failure, attempt, policy.attempts - 1, delay,
+            )  # fmt: skip
+
+        try:
+            response = await policy.call(send, dropped, on_retry)
+        except httpx.TransportError as exc:
+            raise EngineCallError(engine.url, path, f"{type(exc).__name__}: {exc}") from exc
         if not response.is_success:
             cause = f"HTTP {response.status_code}: {error_message(response)}"
             raise EngineCallError(engine.url, path, cause)

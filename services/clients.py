@@ -8,10 +8,18 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import httpx
 from pydantic import BaseModel
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_never,
+)
 
 from services.schemas import (
     GenerateRequest,
@@ -28,6 +36,7 @@ from services.schemas import (
 logger = logging.getLogger(__name__)
 
 ResponseT = TypeVar("ResponseT", bound=BaseModel)
+T = TypeVar("T")
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 
 
@@ -44,6 +53,14 @@ class ServiceError(RuntimeError):
         self.detail = detail
 
 
+class RetryableError(RuntimeError):
+    """A failure worth another try; `retry_after`: the seconds the service asked for."""
+
+    def __init__(self, cause: str, retry_after: str | None = None) -> None:
+        super().__init__(cause)
+        self.retry_after = retry_after
+
+
 class RetryPolicy(BaseModel):
     attempts: int = 4
     backoff_s: float = 0.5
@@ -52,6 +69,35 @@ class RetryPolicy(BaseModel):
     def delay(self, attempt: int) -> float:
         """Exponential backoff with jitter, so retrying clients do not stampede together."""
         return min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1)
+
+    async def call(
+        self,
+        fn: Callable[[], Awaitable[T]],
+        retry_if: Callable[[BaseException], bool],
+        on_retry: Callable[[BaseException, int, float], None],
+        forever: bool = False,
+    ) -> T:
+        """`fn()`, tried again after each failure `retry_if` accepts (after `delay`, or the
+        Retry-After a service asked for), `attempts` times at most unless `forever`; the last
+        failure is raised as it was. `on_retry(failure, attempt, seconds)` says each retry."""
+
+        def wait(state: RetryCallState) -> float:
+            failure = state.outcome.exception() if state.outcome else None
+            after = getattr(failure, "retry_after", None)
+            return float(after) if after and after.isdigit() else self.delay(state.attempt_number)
+
+        def before_sleep(state: RetryCallState) -> None:
+            assert state.outcome is not None and state.next_action is not None
+            on_retry(state.outcome.exception(), state.attempt_number, state.next_action.sleep)
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(retry_if),
+            stop=stop_never if forever else stop_after_attempt(self.attempts),
+            wait=wait,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        return await retrying(fn)
 
 
 def bearer(token: str | None) -> dict[str, str]:
@@ -72,30 +118,32 @@ async def request_with_retry(
 
     stream: the answer comes back with its body unread (the caller reads and closes it); only
     connecting and the status are retried, never a body already being read."""
-    for attempt in range(1, policy.attempts + 1):
+
+    async def send() -> httpx.Response:
         try:
-            request = client.build_request(method, url, json=json)
-            response = await client.send(request, stream=stream)
-            if response.status_code not in RETRY_STATUSES:
-                return response
-            await response.aread()
-            await response.aclose()
-            cause = f"HTTP {response.status_code}: {response.text[:200]}"
-            retry_after = response.headers.get("retry-after")
-        except httpx.TransportError as exc:
-            cause, retry_after = f"{type(exc).__name__}: {exc}", None
-        if attempt == policy.attempts:
-            raise ServiceUnavailableError(
-                f"{what} at {url} failed {policy.attempts} times; last: {cause}"
+            response = await client.send(
+                client.build_request(method, url, json=json), stream=stream
             )
-        delay = (
-            float(retry_after) if retry_after and retry_after.isdigit() else policy.delay(attempt)
-        )
+        except httpx.TransportError as exc:
+            raise RetryableError(f"{type(exc).__name__}: {exc}") from exc
+        if response.status_code not in RETRY_STATUSES:
+            return response
+        await response.aread()
+        await response.aclose()
+        cause = f"HTTP {response.status_code}: {response.text[:200]}"
+        raise RetryableError(cause, response.headers.get("retry-after"))
+
+    def on_retry(failure: BaseException, attempt: int, delay: float) -> None:
         logger.warning(
-            "%s: %s; retry %d/%d in %.1fs", what, cause, attempt, policy.attempts - 1, delay
+            "%s: %s; retry %d/%d in %.1fs", what, failure, attempt, policy.attempts - 1, delay
         )
-        await asyncio.sleep(delay)
-    raise AssertionError("unreachable")
+
+    try:
+        return await policy.call(send, lambda e: isinstance(e, RetryableError), on_retry)
+    except RetryableError as exc:
+        raise ServiceUnavailableError(
+            f"{what} at {url} failed {policy.attempts} times; last: {exc}"
+        ) from exc
 
 
 def parse(response: httpx.Response, model: type[ResponseT], what: str) -> ResponseT:

@@ -159,14 +159,12 @@ class Intake:
 
     async def until_done(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """Retry a Redis call with backoff until it succeeds."""
-        failures = 0
-        while True:
-            try:
-                return await call()
-            except RedisError as exc:
-                failures += 1
-                self._redis_failed(what, exc)
-                await asyncio.sleep(self.backoff.delay(failures))
+        return await self.backoff.call(
+            call,
+            lambda failure: isinstance(failure, RedisError),
+            lambda failure, _attempt, _delay: self._redis_failed(what, failure),
+            forever=True,
+        )
 
     async def _read(self, count: int, block_ms: int) -> list[Delivery]:
         try:
@@ -191,6 +189,6 @@ class Intake:
             return "no_contrast", f"{sample.group.correct} of {sample.group.size} correct"
         return None, ""
 
-    def _redis_failed(self, what: str, exc: RedisError) -> None:
+    def _redis_failed(self, what: str, exc: BaseException) -> None:
         self.metrics.errors.labels("redis").inc()
         logger.warning("redis %s failed (%s: %s); will retry", what, type(exc).__name__, exc)
