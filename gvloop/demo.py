@@ -1,13 +1,14 @@
 """The demo, and a run on a user's own task: feed training problems to the running pipeline,
 and measure agent A on held-out problems before training and after every hot swap.
 
-Held-out problems go straight to the engine (greedy, never enqueued, so the trainer never sees
-them) and are graded by the verifier as the loop's samples are (the rules against their
-reference answers, or the user's verifier function), with a binomial standard error.
-Diversity costs no extra generation: it is measured on the training samples each version
-generates, as the mean fraction of distinct final answers among the n samples of a problem (a
-loop collapsing onto one answer per problem drives it towards 1/n).
-The curve is saved as `curve.json` and `curve.png` in the run directory after every point.
+Three parts: the feeders (`gvloop/feeding.py`) post training problems; the held-out set
+(`gvloop/heldout.py`) is answered greedily by each served version and graded as the loop's
+samples are, with a binomial standard error; the `Demo` here runs them together, watches the
+served version, and tells the run state (what the console shows) what happens. Diversity
+costs no extra generation: it is measured on the training samples each version generates, as
+the mean fraction of distinct final answers among the n samples of a problem (a loop
+collapsing onto one answer per problem drives it towards 1/n). The curve is saved as
+`curve.json` and `curve.png` in the run directory after every point.
 """
 
 from __future__ import annotations
@@ -19,27 +20,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import httpx
 from pydantic import Field
 
 from gvloop.curve import EvalPoint, load_curve, plot_curve
 from gvloop.feeding import FeedConfig, Feeder, FeedProgress
+from gvloop.heldout import HeldOut
 from gvloop.problems import PROBLEM_SETS, TaskKeys, load_problems, overlap
+from gvloop.runstate import RunState
 from services.clients import GeneratorClient, RetryPolicy, VerifierClient
 from services.queue import SampleQueue
-from services.schemas import (
-    ProblemIn,
-    SamplingParams,
-    VerifyBatchRequest,
-    VerifyRequest,
-    WeightInfo,
-)
+from services.schemas import ProblemIn, WeightInfo
 from trainer import ckpt
-
-if TYPE_CHECKING:
-    from gvloop.runstate import RunState
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +109,8 @@ class Demo:
         resume: bool = False,
     ) -> None:
         """`queue`: the sample queue, whose room the feeders wait for rather than be refused;
-        `state`: what the console shows, told of every sample fed and every point;
+        `state`: what the console shows, told of every sample fed and every point (one of its
+        own when not given);
         `checkpoint_root`: the trainer's checkpoints (the version a resumed run starts from,
         the last one of a run that feeds `epochs`); `trainer_finished`: whether the trainer
         has stopped at its last step (GVLOOP_TRAINER_MAX_STEPS); `resume`: go on from the
@@ -126,13 +119,20 @@ class Demo:
         self.out_dir = out_dir
         self.generator = GeneratorClient(generator_url, generator_token, timeout_s=900)
         self.queue = queue
-        self.state = state
+        self.state = state or RunState(out_dir, budget_s=config.time_budget_s)
         self.checkpoint_root = checkpoint_root
         self.trainer_finished = trainer_finished
         self.resume = resume
         self.verifier = VerifierClient(verifier_url, verifier_token, timeout_s=300)
-        self.engine = httpx.AsyncClient(base_url=engine_url, timeout=300)
-        train, self.heldout = config.load_task()
+        train, heldout = config.load_task()
+        self.heldout = HeldOut(
+            heldout,
+            engine_url,
+            self.verifier,
+            out_dir,
+            config.system_prompt,
+            config.eval_max_tokens,
+        )
         progress_file = out_dir / "progress.json"
         # The feeders' own client does not retry: a full queue is a state they wait out, not
         # an error to retry (and log) every few seconds.
@@ -142,8 +142,8 @@ class Demo:
             GeneratorClient(
                 generator_url, generator_token, timeout_s=900, policy=RetryPolicy(attempts=1)
             ),
+            self.state,
             queue,
-            state,
             FeedProgress.load(progress_file) if resume else None,
             progress_file,
         )
@@ -154,7 +154,7 @@ class Demo:
         """Evaluate, then train until the time budget, `swaps` hot swaps, the trainer's last
         step or the last epoch, evaluating each newly served version while the feeders and the
         trainer go on; returns the curve (a resumed run's: the earlier points too)."""
-        model = await self._served_model()
+        model = await self.heldout.served_model()
         curve = load_curve(self.out_dir / "curve.json") if self.resume else []
         first = await self._first_version()
         if not curve or curve[-1].version != first.version:
@@ -162,9 +162,8 @@ class Demo:
             curve.append(await self.point(model, first.version, served, curve))
         measured_before = len(curve)
         self.training_started = time.monotonic()
-        if self.state is not None:
-            self.state.training_started = self.training_started
-            self.state.phase = "training"
+        self.state.training_started = self.training_started
+        self.state.phase = "training"
         stop = asyncio.Event()
         feeding = asyncio.create_task(self.feeder.run(stop, self._training_s))
         # A version's point is stamped when it began to be served, not when its evaluation
@@ -184,9 +183,8 @@ class Demo:
         finally:
             stop.set()
             watcher.cancel()
-            if self.state is not None:
-                self.state.training_ended = time.monotonic()
-                self.state.phase = "training over: stopping"
+            self.state.training_ended = time.monotonic()
+            self.state.phase = "training over: stopping"
             await asyncio.gather(feeding, return_exceptions=True)
         self._attach_sample_stats(curve)
         if self.config.live_eval:
@@ -242,15 +240,10 @@ class Demo:
     ) -> EvalPoint:
         """`point` with the held-out accuracy of its version."""
         version = point.version
-        if self.state is not None:
-            self.state.phase = f"evaluating v{version} on {len(self.heldout)} held-out problems"
-        greedy = SamplingParams(temperature=0.0, max_tokens=self.config.eval_max_tokens)
-        solutions = await self._complete(model, self.heldout, greedy)
-        graded = await self._grade(self.heldout, solutions)
-        self._save_answers(version, solutions, graded)
-        point = point.model_copy(
-            update={"problems": len(graded), "correct": sum(ok for ok, _ in graded)}
-        )
+        problems = len(self.heldout.problems)
+        self.state.phase = f"evaluating v{version} on {problems} held-out problems"
+        correct = await self.heldout.correct(model, version)
+        point = point.model_copy(update={"problems": problems, "correct": correct})
         logger.info(
             "held-out v%d, served from %.0fs of training: accuracy %.1f%% ± %.1f (%d problems)%s",
             version,
@@ -263,10 +256,9 @@ class Demo:
         if curve is not None:
             self._attach_sample_stats([*curve, point])
             self.save([*curve, point])
-        if self.state is not None:
-            self.state.held_out(point)
-            if self.training_started is not None:
-                self.state.phase = "training"
+        self.state.held_out(point)
+        if self.training_started is not None:
+            self.state.phase = "training"
         return point
 
     def save(self, curve: list[EvalPoint]) -> None:
@@ -276,19 +268,6 @@ class Demo:
         rows = [{**p.model_dump(), "accuracy": p.accuracy, "stderr": p.stderr} for p in curve]
         (self.out_dir / "curve.json").write_text(json.dumps(rows, indent=2))
         plot_curve(curve, self.out_dir / "curve.png")
-
-    def _save_answers(
-        self, version: int, solutions: list[str], graded: list[tuple[bool, str | None]]
-    ) -> None:
-        """Each version's greedy held-out answers, appended to `heldout-answers.jsonl`: what
-        changed between versions, problem by problem."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        with (self.out_dir / "heldout-answers.jsonl").open("a", encoding="utf-8") as out:
-            for problem, text, (correct, answer) in zip(
-                self.heldout, solutions, graded, strict=True
-            ):
-                row = {"version": version, "problem_id": problem.id, "solution": text}
-                out.write(json.dumps(row | {"answer": answer, "correct": correct}) + "\n")
 
     def _previous_version_note(self, curve: list[EvalPoint] | None) -> str:
         if not curve or not (stats := self.feeder.by_version.get(curve[-1].version)):
@@ -305,50 +284,6 @@ class Demo:
                 point.sampled = stats.samples
                 point.sampled_correct = stats.correct
                 point.distinct_fraction = stats.distinct_sum / stats.problems
-
-    async def _complete(
-        self, model: str, problems: list[ProblemIn], sampling: SamplingParams
-    ) -> list[str]:
-        limit = asyncio.Semaphore(16)
-
-        async def one(problem: ProblemIn) -> str:
-            async with limit:
-                response = await self.engine.post(
-                    "/v1/chat/completions",
-                    json={
-                        "model": model,
-                        "messages": [
-                            m.model_dump() for m in problem.chat(self.config.system_prompt)
-                        ],
-                        **sampling.model_dump(exclude_none=True),
-                    },
-                )
-                response.raise_for_status()
-                return response.json()["choices"][0]["message"]["content"] or ""
-
-        return await asyncio.gather(*(one(p) for p in problems))
-
-    async def _grade(
-        self, problems: list[ProblemIn], solutions: list[str]
-    ) -> list[tuple[bool, str | None]]:
-        request = VerifyBatchRequest(
-            items=[
-                VerifyRequest(
-                    problem=p.problem,
-                    solution=s,
-                    reference_answer=p.reference_answer,
-                    fields=p.fields,
-                )
-                for p, s in zip(problems, solutions, strict=True)
-            ]
-        )
-        response = await self.verifier.verify_batch(request)
-        return [(r.is_correct, r.extracted_answer) for r in response.data]
-
-    async def _served_model(self) -> str:
-        response = await self.engine.get("/v1/models")
-        response.raise_for_status()
-        return response.json()["data"][0]["id"]
 
     def _training_s(self) -> float:
         """Seconds of training of the run, a resumed run's earlier ones included."""
@@ -384,5 +319,5 @@ class Demo:
             self.generator.aclose(),
             self.feeder.client.aclose(),
             self.verifier.aclose(),
-            self.engine.aclose(),
+            self.heldout.aclose(),
         )

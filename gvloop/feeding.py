@@ -13,16 +13,13 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
+from gvloop.runstate import RunState
 from services.clients import GeneratorClient, ServiceError, ServiceUnavailableError
 from services.queue import SampleQueue
 from services.schemas import GenerateRequest, GenerateResponse, ProblemIn, SamplingParams
-
-if TYPE_CHECKING:
-    from gvloop.runstate import RunState
 
 logger = logging.getLogger(__name__)
 
@@ -88,14 +85,15 @@ class Feeder:
         config: FeedConfig,
         train: list[ProblemIn],
         client: GeneratorClient,
+        state: RunState,
         queue: SampleQueue | None = None,
-        state: RunState | None = None,
         progress: FeedProgress | None = None,
         progress_file: Path | None = None,
     ) -> None:
         """`client`: one that does not retry (a full queue is waited out, not retried);
-        `queue`: whose room the feeders wait for (None: they do not wait); `progress`: where a
-        resumed run's feeding had got to, saved to `progress_file` after each request."""
+        `state`: told of every sample fed and of waits for room; `queue`: whose room the
+        feeders wait for (None: they do not wait); `progress`: where a resumed run's feeding
+        had got to, saved to `progress_file` after each request."""
         self.config = config
         self.train = train
         self.client = client
@@ -187,9 +185,8 @@ class Feeder:
         self.progress.training_s = training_s
         if self.progress_file is not None:
             self.progress.save(self.progress_file)
-        if self.state is not None:
-            self.state.fed = self.progress.samples
-            self.state.fed_correct += correct
+        self.state.fed = self.progress.samples
+        self.state.fed_correct += correct
         logger.info(
             "fed %d samples (%d correct), %d in total, served version %d",
             len(solutions),
@@ -206,8 +203,7 @@ class Feeder:
         waited = False
         while not stop.is_set() and not await self._has_room(planned):
             waited = True
-            if self.state is not None:
-                self.state.feeders_waiting = True
+            self.state.feeders_waiting = True
             await asyncio.sleep(1.0)
-        if waited and self.state is not None:
+        if waited:
             self.state.feeders_waiting = False

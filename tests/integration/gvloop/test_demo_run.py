@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from tensorboardX.proto.event_pb2 import Event
 
-from gvloop.topology import StackTopology
+from gvloop.topology import StackPorts
 from tests.integration.gvloop.up_process import Up
 
 pytestmark = pytest.mark.slow
@@ -48,7 +48,7 @@ def demo(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     run = Up(
         tiny_model_dir,
         data_dir,
-        StackTopology.free(),
+        StackPorts.free(),
         # 10 held-out problems keep each evaluation within seconds
         args=(
             "--demo",

@@ -17,7 +17,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gvloop.hf_generation import chat_prompt_ids, generate
-from gvloop.topology import StackTopology
+from gvloop.topology import StackPorts
 from services.schemas import ProblemIn
 from tests.integration.gvloop.up_process import Up
 
@@ -74,7 +74,7 @@ def task_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     up = Up(
         tiny_model_dir,
         data_dir,
-        StackTopology.free(),
+        StackPorts.free(),
         args=(
             "--train",
             str(train),
@@ -144,7 +144,7 @@ def test_resume_goes_on_from_the_newest_checkpoint_and_the_place_in_the_data(
     resumed = Up(
         tiny_model_dir,
         task_run.data_dir,
-        StackTopology.free(),
+        StackPorts.free(),
         args=("--resume", str(run_dir), "--epochs", "1", "--time-budget", "600"),
         env=TRAINER,
     )

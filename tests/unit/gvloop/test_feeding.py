@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 from gvloop.feeding import FeedConfig, Feeder, FeedProgress
+from gvloop.runstate import RunState
 from services.clients import GeneratorClient
 from services.schemas import ProblemIn
 
@@ -15,7 +16,8 @@ TRAIN = [ProblemIn(problem=f"P{i}?", reference_answer=str(i)) for i in range(10)
 
 def feeder(epochs: int | None, progress: FeedProgress | None = None) -> Feeder:
     config = FeedConfig(epochs=epochs, problems_per_request=4, seed=3)
-    return Feeder(config, TRAIN, GeneratorClient("http://unused"), progress=progress)
+    state = RunState(Path("unused"))
+    return Feeder(config, TRAIN, GeneratorClient("http://unused"), state, progress=progress)
 
 
 def taken(feeder: Feeder) -> list[str]:
