@@ -44,7 +44,6 @@ from services.schemas import (
     SampleGroup,
     SamplingParams,
     VerifyBatchRequest,
-    VerifyRequest,
     VerifyResponse,
     new_id,
     utcnow,
@@ -267,17 +266,7 @@ class Generator:
     async def _verify(
         self, problem: ProblemIn, problem_id: str, solutions: list[str]
     ) -> list[VerifyResponse]:
-        batch = VerifyBatchRequest(
-            items=[
-                VerifyRequest(
-                    problem=problem.problem,
-                    solution=s,
-                    reference_answer=problem.reference_answer,
-                    fields=problem.fields,
-                )
-                for s in solutions
-            ]
-        )
+        batch = VerifyBatchRequest(items=[problem.verify_request(s) for s in solutions])
         try:
             with self.metrics.verify_seconds.time():
                 response = await self.verifier.verify_batch(batch)

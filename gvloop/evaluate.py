@@ -32,7 +32,7 @@ from agent_b.metrics import VerifierMetrics
 from agent_b.scoring import Verifier, setup_verifier
 from agent_b.settings import VerifierSettings
 from services.clients import bearer
-from services.schemas import ProblemIn, VerifyRequest, VerifyResponse
+from services.schemas import ProblemIn, VerifyResponse
 
 
 class EvalConfig(BaseModel):
@@ -213,11 +213,7 @@ async def _grade(
     verifier: Verifier, problems: list[ProblemIn], answers: list[list[str]]
 ) -> list[list[VerifyResponse]]:
     requests = [
-        VerifyRequest(
-            problem=p.problem, solution=text, reference_answer=p.reference_answer, fields=p.fields
-        )
-        for p, texts in zip(problems, answers, strict=True)
-        for text in texts
+        p.verify_request(text) for p, texts in zip(problems, answers, strict=True) for text in texts
     ]
     verdicts = await verifier.verify_many(requests)
     per_problem = len(answers[0])

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 
 from services.clients import VerifierClient
-from services.schemas import ProblemIn, SamplingParams, VerifyBatchRequest, VerifyRequest
+from services.schemas import ProblemIn, SamplingParams, VerifyBatchRequest
 
 CONCURRENT_REQUESTS = 16
 
@@ -76,15 +76,7 @@ class HeldOut:
 
     async def _grade(self, solutions: list[str]) -> list[tuple[bool, str | None]]:
         request = VerifyBatchRequest(
-            items=[
-                VerifyRequest(
-                    problem=p.problem,
-                    solution=s,
-                    reference_answer=p.reference_answer,
-                    fields=p.fields,
-                )
-                for p, s in zip(self.problems, solutions, strict=True)
-            ]
+            items=[p.verify_request(s) for p, s in zip(self.problems, solutions, strict=True)]
         )
         response = await self.verifier.verify_batch(request)
         return [(r.is_correct, r.extracted_answer) for r in response.data]

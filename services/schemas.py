@@ -158,6 +158,16 @@ class ProblemIn(Strict):
             return messages
         return [ChatMessage(role="system", content=system_prompt), *messages]
 
+    def verify_request(self, solution: str) -> VerifyRequest:
+        """`solution` to this problem, for the verifier: the reference answer and every other
+        field of the problem go with it (a verifier function reads them)."""
+        return VerifyRequest(
+            problem=self.problem,
+            solution=solution,
+            reference_answer=self.reference_answer,
+            fields=self.fields,
+        )
+
 
 class GenerateRequest(Strict):
     problems: Annotated[list[ProblemIn], Field(min_length=1, max_length=MAX_BATCH)]
