@@ -52,12 +52,17 @@ class RunningGenerator:
         return GeneratorClient(self.url, token, timeout_s=300)
 
 
+def tiny_engine(port: int) -> EngineSettings:
+    """The tests' vLLM engine: float32, eager, a small KV cache (the tiny model needs little)."""
+    return EngineSettings(
+        port=port, dtype="float32", max_model_len=2048, kv_cache_gib=1, enforce_eager=True
+    )
+
+
 @pytest.fixture(scope="package")
 def backends(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backends]:
     engine_port, verifier_port = free_ports(2)
-    engine = EngineSettings(
-        port=engine_port, dtype="float32", max_model_len=2048, kv_cache_gib=1, enforce_eager=True
-    )
+    engine = tiny_engine(engine_port)
     serve_verifier = [sys.executable, "-m", "gvloop", "agent-b", "serve"]
     verifier = Component(
         "verifier",

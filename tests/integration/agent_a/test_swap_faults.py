@@ -17,7 +17,6 @@ import httpx
 import pytest
 
 from agent_a.engine_pool import FLIP_METHOD
-from agent_a.settings import EngineSettings
 from gvloop.launcher import Launcher, free_ports
 from gvloop.stack import engine_component
 from services.redis_server import EmbeddedRedis
@@ -27,6 +26,7 @@ from tests.integration.agent_a.conftest import (
     common_settings,
     generator_settings,
     running_generator,
+    tiny_engine,
 )
 from tests.integration.agent_a.helpers import GREEDY_TOKENS, PROMPT, reference_greedy
 from tests.utils.engine_proxy import EngineProxy, Fault, engine_proxy
@@ -82,11 +82,8 @@ def greedy_of(checkpoint: Path) -> list[int]:
 @pytest.fixture(scope="module")
 def second_engine(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     (port,) = free_ports(1)
-    settings = EngineSettings(
-        port=port, dtype="float32", max_model_len=2048, kv_cache_gib=1, enforce_eager=True
-    )
     with Launcher(tmp_path_factory.mktemp("second-engine"), echo=False) as launcher:
-        launcher.start(engine_component(str(tiny_model_dir), settings))
+        launcher.start(engine_component(str(tiny_model_dir), tiny_engine(port)))
         launcher.wait_ready()
         yield f"http://127.0.0.1:{port}"
 

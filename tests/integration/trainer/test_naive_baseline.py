@@ -37,16 +37,9 @@ def samples() -> list:
 
 
 async def test_a_naive_loop_step_is_the_trainers_step(
-    redis_server, redis_client, stream_name, tiny_model_dir: Path, tmp_path: Path
+    redis_client, stream_name, common: CommonSettings, tiny_model_dir: Path
 ) -> None:
     batch = samples()
-    common = CommonSettings(
-        _env_file=None,  # type: ignore[call-arg]
-        model=str(tiny_model_dir),
-        data_dir=tmp_path,
-        redis_url=redis_server.url,
-        stream=stream_name,
-    )
     naive = naive_loop()
     config = naive.NaiveConfig(model=str(tiny_model_dir), lr=LR, micro_batch_size=3)
     cfg = naive.trainer_settings(config).model_copy(

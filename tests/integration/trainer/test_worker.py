@@ -24,17 +24,10 @@ from trainer.train import Worker
 
 
 async def test_steps_checkpoints_swaps_and_skips_stale_samples(
-    redis_server, redis_client, stream_name, tiny_model_dir: Path, tmp_path: Path
+    redis_client, stream_name, common: CommonSettings, tmp_path: Path
 ) -> None:
     calls: list[SwapRequest] = []
     (metrics_port,) = free_ports(1)
-    common = CommonSettings(
-        _env_file=None,  # type: ignore[call-arg]
-        model=str(tiny_model_dir),
-        data_dir=tmp_path,
-        redis_url=redis_server.url,
-        stream=stream_name,
-    )
     producer = SampleQueue(redis_client, stream_name, common.group)
     with serve_app(swap_recorder(calls)) as agent_a_url:
         cfg = TrainerSettings(
