@@ -65,11 +65,21 @@ class Prompt:
 
 @dataclass(frozen=True)
 class Completion:
-    """One of an engine's choices: its text and the token ids it sampled."""
+    """One of an engine's choices: its text, the token ids it sampled and their log-probs."""
 
     text: str
     token_ids: list[int]
+    logprobs: list[float] | None
     finish_reason: str | None
+
+
+def sampled_logprobs(choice: dict[str, Any]) -> list[float] | None:
+    """log p of each token of a choice (or of a streamed chunk's choice) under the weights that
+    sampled it: vLLM's raw log-probabilities, before temperature and top-p, which is what the
+    trainer computes; None when the engine sent none."""
+    content = (choice.get("logprobs") or {}).get("content")
+    # the engine's float rounding can put a certain token a hair above 0
+    return None if content is None else [min(0.0, t["logprob"]) for t in content]
 
 
 class Generator:
@@ -170,7 +180,10 @@ class Generator:
             answer, version = await self.chat(self._chat_body(prompt.messages, request))
             completions = [
                 Completion(
-                    c["message"]["content"] or "", c.get("token_ids") or [], c.get("finish_reason")
+                    c["message"]["content"] or "",
+                    c.get("token_ids") or [],
+                    sampled_logprobs(c),
+                    c.get("finish_reason"),
                 )
                 for c in sorted(answer["choices"], key=lambda c: c["index"])
             ]
@@ -213,6 +226,12 @@ class Generator:
         the group's), and return them as the client sees them."""
         if not prompt_ids or not all(c.token_ids for c in completions):
             raise DependencyFailedError("the engine returned no token ids (return_token_ids)")
+        for c in completions:
+            if c.logprobs is None or len(c.logprobs) != len(c.token_ids):
+                raise DependencyFailedError(
+                    f"the engine returned {len(c.logprobs or [])} log-probabilities for "
+                    f"{len(c.token_ids)} sampled tokens (logprobs)"
+                )
         verdicts = await self._verify(
             prompt.problem, prompt.problem_id, [c.text for c in completions]
         )
@@ -226,6 +245,7 @@ class Generator:
                 messages=prompt.messages,
                 prompt_token_ids=prompt_ids,
                 completion_token_ids=completion.token_ids,
+                completion_logprobs=completion.logprobs,
                 sampling=prompt.sampling,
                 solution=completion.text,
                 feedback=Feedback(
@@ -261,6 +281,7 @@ class Generator:
             "n": request.n,
             **request.sampling.model_dump(exclude_none=True),
             "return_token_ids": True,
+            "logprobs": True,
         }
 
     async def _verify(

@@ -23,7 +23,7 @@ from fastapi.routing import APIRoute
 from agent_a.deps import MetricsDep, ServiceDep, require_token
 from agent_a.engine_pool import ChatStream
 from agent_a.errors import AgentAError, InvalidRequestError, ModelNotFoundError
-from agent_a.generation import Completion, Generator, Prompt
+from agent_a.generation import Completion, Generator, Prompt, sampled_logprobs
 from agent_a.openai_schemas import (
     ChatCompletionRequest,
     GvloopExtension,
@@ -189,7 +189,10 @@ class Chat:
             for choice in sorted(answer["choices"], key=lambda c: c["index"]):
                 text = choice["message"]["content"] or ""
                 token_ids = choice.pop("token_ids", None) or []
-                completions.append(Completion(text, token_ids, choice.get("finish_reason")))
+                logprobs = self._take_logprobs(choice)
+                completions.append(
+                    Completion(text, token_ids, logprobs, choice.get("finish_reason"))
+                )
             samples = await self._learn(prompt_ids, completions, version)
         return self._stamp(answer, version, samples)
 
@@ -216,6 +219,7 @@ class Chat:
     ) -> AsyncIterator[dict[str, Any]]:
         texts: dict[int, list[str]] = {}
         token_ids: dict[int, list[int]] = {}
+        logprobs: dict[int, list[float]] = {}
         finish: dict[int, str | None] = {}
         prompt_ids = None
         last: dict[str, Any] = {}
@@ -225,6 +229,8 @@ class Chat:
                 index = choice["index"]
                 texts.setdefault(index, []).append(choice["delta"].get("content") or "")
                 token_ids.setdefault(index, []).extend(choice.pop("token_ids", None) or [])
+                if self.prompt is not None:
+                    logprobs.setdefault(index, []).extend(self._take_logprobs(choice) or [])
                 finish[index] = choice.get("finish_reason") or finish.get(index)
             last = chunk
             yield self._stamp(chunk, stream.version, None)
@@ -232,7 +238,8 @@ class Chat:
         if self.prompt is None:
             return
         completions = [
-            Completion("".join(texts[i]), token_ids[i], finish[i]) for i in sorted(texts)
+            Completion("".join(texts[i]), token_ids[i], logprobs[i], finish[i])
+            for i in sorted(texts)
         ]
         samples = await self._learn(prompt_ids, completions, version)
         final = {key: last.get(key) for key in ("id", "object", "created", "model")}
@@ -249,6 +256,13 @@ class Chat:
             LearnedSample(index=i, sample_id=s.sample_id, feedback=s.feedback, queued=s.queued)
             for i, s in enumerate(solutions)
         ]
+
+    def _take_logprobs(self, choice: dict[str, Any]) -> list[float] | None:
+        """A learned choice's log-probabilities, left in the answer only if the client asked."""
+        logprobs = sampled_logprobs(choice)
+        if not self.request.logprobs:
+            choice["logprobs"] = None
+        return logprobs
 
     @staticmethod
     def _stamp(

@@ -99,14 +99,15 @@ class ChatCompletionRequest(Strict):
         )
 
     def engine_body(self, model: str) -> dict[str, Any]:
-        """The request as the engine takes it (token ids asked for when it will be learned)."""
+        """The request as the engine takes it (token ids and their log-probabilities asked for
+        when it will be learned)."""
         body = self.model_dump(
             exclude_none=True, exclude={"model", "max_tokens", "reference_answer", "user"}
         )
         body["messages"] = [m.as_chat_message().model_dump() for m in self.messages]
         body.update(model=model, max_completion_tokens=self.completion_limit)
         if self.reference_answer is not None:
-            body["return_token_ids"] = True
+            body.update(return_token_ids=True, logprobs=True)
         return body
 
 

@@ -11,14 +11,21 @@ the same held-out problems and grading) measures once the run is over.
 
     python bench/bench_learning.py                                 # addition, 600 s each
     python bench/bench_learning.py --problems words --time-budget 900 --recipes demo
+    python bench/bench_learning.py --recipes demo,demo+is,deep,deep+is --no-naive  # off-policy
 
 It prints every curve, then for each gvloop row the time it took to reach the naive loop's best
-accuracy against the time the naive loop took (the ratio: below 1, gvloop got there first).
+accuracy against the time the naive loop took (the ratio: below 1, gvloop got there first),
+and how far each row's trainer was from the engine that sampled its batches over time: the
+mismatch KL (`trainer/off_policy.py`) by versions behind. The `deep` rows hold six batches in
+the queue instead of three (and skip nothing as stale), so that samples are trained further
+behind; `+is` turns on the token-level importance weights.
 """
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Annotated
 
 import torch
@@ -35,7 +42,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from gvloop.curve import EvalPoint, curve_table
 from gvloop.demo import DEMO_RECIPE, DemoConfig
 from gvloop.problems import PROBLEM_SETS
-from gvloop.stack import run_stack, training_stack
+from gvloop.stack import new_run_dir, run_stack, training_stack
 from gvloop.topology import StackTopology
 from services.logs import setup_logging
 from services.settings import CommonSettings
@@ -48,16 +55,38 @@ SEED = {
     "GVLOOP_TRAINER_LAMBDA1": "2.0",
     "GVLOOP_TRAINER_SKIP_GROUPS": "none",
 }
+IS = {"GVLOOP_TRAINER_IS_WEIGHTING": "token"}
+DEEP = {"GVLOOP_MAX_BACKLOG": str(6 * TrainerSettings().batch_size),
+        "GVLOOP_TRAINER_MAX_STALENESS": "1000"}  # fmt: skip
 RECIPES: dict[str, dict[str, str]] = {
     "seed": SEED,
     "lambda1=10": {**DEMO_RECIPE, "GVLOOP_TRAINER_SKIP_GROUPS": "none"},
     "demo": DEMO_RECIPE,
+    "demo+is": {**DEMO_RECIPE, **IS},
+    "deep": {**DEMO_RECIPE, **DEEP},
+    "deep+is": {**DEMO_RECIPE, **DEEP, **IS},
 }
 
 
 def first_reaching(points: list[tuple[float, float]], accuracy: float) -> float | None:
     """Seconds of training at the first point at or above `accuracy`."""
     return next((t for t, a in points if a >= accuracy - 1e-9), None)
+
+
+def mismatch_over_time(metrics_file: Path) -> str:
+    """The trainer's mismatch KL per step, by versions behind, from its JSON lines: one line
+    per step, `step 3 at 95s: 1.2e-05 (k=0 1.1e-05, k=1 3.0e-04)`."""
+    lines = []
+    for line in metrics_file.read_text().splitlines():
+        event = json.loads(line)
+        if event["event"] != "step" or event.get("mismatch_kl") is None:
+            continue
+        by_k = ", ".join(f"k={k} {kl:.1e}" for k, kl in event["mismatch_kl_by_behind"].items())
+        lines.append(
+            f"  step {event['step']}: {event['mismatch_kl']:.1e} ({by_k}), "
+            f"{100 * event['ratio_outside']:.2f}% outside, {event['masked']} masked"
+        )
+    return "\n".join(lines) or "  no step measured"
 
 
 def evaluate_after(curve: list[EvalPoint], base_model: str, cfg: NaiveConfig) -> list[EvalPoint]:
@@ -113,15 +142,23 @@ def main(
     for name in recipes.split(","):
         started = time.monotonic()
         run_common, model, env = training_stack(common, common.model)
+        recipe = RECIPES[name]
+        if "GVLOOP_MAX_BACKLOG" in recipe:  # the feeders wait for the bound too
+            run_common = run_common.model_copy(
+                update={"max_backlog": int(recipe["GVLOOP_MAX_BACKLOG"])}
+            )
         # every checkpoint kept, to be evaluated once the run is over
-        env = {**env, **RECIPES[name], "GVLOOP_TRAINER_KEEP_CHECKPOINTS": "100000"}
+        env = {**env, **recipe, "GVLOOP_TRAINER_KEEP_CHECKPOINTS": "100000"}
+        run_dir = new_run_dir(common.data_dir, f"bench-{name}")
         curve: list[EvalPoint] | None = run_stack(
-            run_common, model, StackTopology.from_settings(), config, env=env
+            run_common, model, StackTopology.from_settings(), config, env=env, run_dir=run_dir
         )
         assert curve is not None
         curve = evaluate_after(curve, model, naive_config)
-        print(f"\ngvloop, recipe {name} {RECIPES[name]}, {time.monotonic() - started:.0f}s:")
+        print(f"\ngvloop, recipe {name} {recipe}, {time.monotonic() - started:.0f}s:")
         print(curve_table(curve))
+        print("mismatch KL (trainer against sampler) by step:")
+        print(mismatch_over_time(run_dir / "trainer-metrics.jsonl"))
         curves[f"gvloop {name}"] = [(p.at_s, p.accuracy, p.stderr) for p in curve]
     if naive:
         points: list[CurvePoint] = run_naive(naive_config)

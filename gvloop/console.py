@@ -71,11 +71,15 @@ def trainer_line(state: RunState) -> str:
     s = state.step
     if s is None:
         return "no step yet"
-    return (
+    text = (
         f"step {s['step']} · loss {s['loss']:.3f} (ce {s['ce']:.3f} reward {s['reward']:.3f} "
         f"penalty {s['penalty']:.3f}) · acc {s['accuracy']:.2f} · "
         f"{s['tokens_per_s']:.0f} tok/s · lr {s['lr']:.1e}"
     )
+    # the trained policy against the engine's on the batch's tokens (trainer.off_policy)
+    if s.get("mismatch_kl") is not None:
+        text += f" · mismatch kl {s['mismatch_kl']:.1e}"
+    return text
 
 
 def swap_line(state: RunState) -> str:

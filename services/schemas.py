@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MAX_TEXT_CHARS = 32_000
 MAX_BATCH = 256
 
@@ -20,6 +20,8 @@ Score = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
 OptionalText = Annotated[str | None, Field(default=None, max_length=MAX_TEXT_CHARS)]
 TokenId = Annotated[int, Field(ge=0)]
+# vLLM reports a log-probability it cannot represent as -9999.0, never -inf
+LogProb = Annotated[float, Field(le=0.0, allow_inf_nan=False)]
 Fields = Annotated[
     dict[str, JsonValue],
     Field(
@@ -286,9 +288,12 @@ class Sample(Strict):
 
     The token ids are the ones vLLM used, so the trainer scores exactly the sequence that was
     sampled instead of re-tokenising text (which can split differently).
+
+    Schema 2 added `completion_logprobs`; a schema-1 entry still parses, without them (the
+    trainer then cannot measure how far it has moved from that sample's sampler).
     """
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1, 2] = SCHEMA_VERSION
     sample_id: str = Field(default_factory=new_id, min_length=1, max_length=128)
     problem_id: str = Field(min_length=1, max_length=128)
     problem: Text
@@ -296,6 +301,11 @@ class Sample(Strict):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     prompt_token_ids: Annotated[list[TokenId], Field(min_length=1)]
     completion_token_ids: Annotated[list[TokenId], Field(min_length=1)]
+    completion_logprobs: list[LogProb] | None = Field(
+        default=None,
+        description="log p(token) of each completion token under the weights that sampled it "
+        "(weight_version), as the engine computed it; None when unknown.",
+    )
     sampling: SamplingParams
     solution: Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
     feedback: Feedback
@@ -306,6 +316,15 @@ class Sample(Strict):
     model: str = Field(min_length=1)
     created_at: datetime = Field(default_factory=utcnow, description="Generation started.")
     verified_at: datetime = Field(default_factory=utcnow)
+
+    @model_validator(mode="after")
+    def _one_logprob_per_token(self) -> Sample:
+        logprobs, tokens = self.completion_logprobs, self.completion_token_ids
+        if logprobs is not None and len(logprobs) != len(tokens):
+            raise ValueError(
+                f"{len(logprobs)} completion_logprobs for {len(tokens)} completion tokens"
+            )
+        return self
 
 
 # OpenRLHF -> agent_b: its remote reward model protocol (POST /get_reward)

@@ -1,5 +1,6 @@
 """Samples to tensors: the exact token ids vLLM used (prompt + completion), right-padded, with a
-loss mask on the completion tokens only and the three feedback numbers per sample."""
+loss mask on the completion tokens only, the three feedback numbers per sample, and what the
+sampler said of each token (its log-probability, and how many versions behind it was)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ class Batch:
     solution_score: Tensor  # (B,)
     reasoning_score: Tensor  # (B,)
     is_correct: Tensor  # (B,) 0/1
+    sampler_log_p: Tensor  # (B, T) the engine's log p of each completion target, NaN elsewhere
+    versions_behind: Tensor  # (B,) int: the trainer's weight version minus the sampler's
 
     @property
     def completion_tokens(self) -> int:
@@ -36,17 +39,8 @@ class Batch:
         for start in range(0, self.input_ids.shape[0], size):
             rows = slice(start, start + size)
             length = int(self.attention_mask[rows].sum(dim=1).max())
-            parts.append(
-                Batch(
-                    self.input_ids[rows, :length],
-                    self.attention_mask[rows, :length],
-                    self.target_ids[rows, :length],
-                    self.loss_mask[rows, :length],
-                    self.solution_score[rows],
-                    self.reasoning_score[rows],
-                    self.is_correct[rows],
-                )
-            )
+            tensors = (getattr(self, f.name) for f in fields(self))
+            parts.append(Batch(*(t[rows, :length] if t.dim() == 2 else t[rows] for t in tensors)))
         return parts
 
 
@@ -64,19 +58,25 @@ def unusable_reason(sample: Sample, max_seq_len: int, vocab_size: int) -> str | 
     return None
 
 
-def collate(samples: list[Sample], max_seq_len: int, pad_id: int) -> Batch:
+def collate(samples: list[Sample], max_seq_len: int, pad_id: int, version: int) -> Batch:
     """Pad the samples' token ids into one batch; completions longer than the room left after
-    the prompt are cut at the end. Every sample must have passed `unusable_reason`."""
+    the prompt are cut at the end. Every sample must have passed `unusable_reason`. `version`
+    is the weight version of the model the batch is trained on."""
     sequences = [(s.prompt_token_ids + s.completion_token_ids)[:max_seq_len] for s in samples]
     length = max(len(seq) for seq in sequences)
     input_ids = torch.full((len(samples), length), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(samples), length), dtype=torch.long)
     loss_mask = torch.zeros((len(samples), length), dtype=torch.float32)
+    sampler_log_p = torch.full((len(samples), length), torch.nan, dtype=torch.float32)
     for row, (sample, seq) in enumerate(zip(samples, sequences, strict=True)):
         input_ids[row, : len(seq)] = torch.tensor(seq)
         attention_mask[row, : len(seq)] = 1
         # target t is token t+1: the first completion token is the target of the last prompt one
-        loss_mask[row, len(sample.prompt_token_ids) - 1 : len(seq) - 1] = 1
+        completion = slice(len(sample.prompt_token_ids) - 1, len(seq) - 1)
+        loss_mask[row, completion] = 1
+        if sample.completion_logprobs is not None:
+            kept = len(seq) - len(sample.prompt_token_ids)
+            sampler_log_p[row, completion] = torch.tensor(sample.completion_logprobs[:kept])
     feedback = [s.feedback for s in samples]
     return Batch(
         input_ids=input_ids,
@@ -86,6 +86,8 @@ def collate(samples: list[Sample], max_seq_len: int, pad_id: int) -> Batch:
         solution_score=torch.tensor([f.solution_score for f in feedback]),
         reasoning_score=torch.tensor([f.reasoning_score for f in feedback]),
         is_correct=torch.tensor([float(f.is_correct) for f in feedback]),
+        sampler_log_p=sampler_log_p,
+        versions_behind=torch.tensor([max(0, version - s.weight_version) for s in samples]),
     )
 
 
@@ -104,15 +106,19 @@ class Shard:
 
 def shard_batch(
     samples: list[Sample], rank: int, world: int, micro_batch_size: int, max_seq_len: int,
-    pad_id: int,
+    pad_id: int, version: int,
 ) -> Shard:  # fmt: skip
     """Rank `rank`'s shard of `samples` (sorted by length): every world-th sample, so each rank
     gets as many tokens as the others to within one sample."""
     mine = samples[rank::world]
-    micro_batches = collate(mine, max_seq_len, pad_id).split(micro_batch_size) if mine else []
+    micro_batches = (
+        collate(mine, max_seq_len, pad_id, version).split(micro_batch_size) if mine else []
+    )
     weights = [m.input_ids.shape[0] * world / len(samples) for m in micro_batches]
     # rank 0 holds the most samples, so its count is every rank's
     count = -(-len(samples[0::world]) // micro_batch_size)
-    filler = micro_batches[-1] if micro_batches else collate(samples[:1], max_seq_len, pad_id)
+    filler = (
+        micro_batches[-1] if micro_batches else collate(samples[:1], max_seq_len, pad_id, version)
+    )
     padding = count - len(micro_batches)
     return Shard(micro_batches + [filler] * padding, weights + [0.0] * padding, len(samples))

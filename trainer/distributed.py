@@ -67,6 +67,8 @@ class Order:
     lr: float = 0.0
     samples: list[Sample] = field(default_factory=list)
     """The whole batch, sorted by length; each rank takes its shard."""
+    version: int = 0
+    """The weight version of the model the step starts from (last checkpoint's)."""
 
 
 def setup_rank(cfg: TrainerSettings, device: torch.device) -> Rank:

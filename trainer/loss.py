@@ -15,6 +15,12 @@ So a sample's likelihood term weighs 1 + lambda1 * S, and only a sample judged w
 pushed away from confident tokens, the harder the lower its score. A sample with no completion
 token contributes 0 to every term.
 
+With an off-policy correction (`trainer.off_policy`; off by default, and then the loss is the
+above exactly) the two log p means become weighted ones, mean_t w_t log p(y_t) with truncated
+importance weights w_t that carry no gradient, and a sample the correction masks contributes 0:
+
+    loss     = mean_i m_i * (ce + reward + penalty)                m_i in {0, 1}
+
 Memory: the loss needs three numbers per token from the (B, T, V) logits z: the target logit,
 the max logit and the logsumexp, since log p(y_t) = z_y - logsumexp(z) and
 max_j p(j) = exp(max_j z_j - logsumexp(z)). `TokenLogProbs` computes them a chunk of tokens at a
@@ -30,13 +36,17 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from trainer.off_policy import NO_CORRECTION, Correction, TokenRatios
+
 
 @dataclass(frozen=True)
 class LossOutput:
     loss: Tensor  # () the batch loss, mean over samples of ce + reward + penalty
-    ce: Tensor  # (B,)
+    ce: Tensor  # (B,) each part as optimised (0 for a masked sample)
     reward: Tensor  # (B,)
     penalty: Tensor  # (B,)
+    ratios: TokenRatios | None = None  # with the samplers' log-probs: the trainer's against them
+    kept: Tensor | None = None  # (B,) with them: 0 for the samples the correction masked
 
 
 class TokenLogProbs(torch.autograd.Function):
@@ -101,19 +111,27 @@ def feedback_augmented_loss(
     lambda1: float,
     lambda2: float,
     chunk_tokens: int = 1024,
+    sampler_log_p: Tensor | None = None,
+    correction: Correction = NO_CORRECTION,
 ) -> LossOutput:
     """The feedback-augmented loss of a batch (formula in the module docstring).
 
     logits (B, T, V): position t predicts target_ids[:, t] (already shifted).
     target_ids (B, T) int; loss_mask (B, T): 1 on completion tokens, 0 on prompt and padding.
     solution_score, reasoning_score (B,) in [0, 1]; is_correct (B,) bool or 0/1.
+    sampler_log_p (B, T): the engine's log p of each target (NaN where unknown), to measure
+    the trainer against and to apply `correction` with.
     A sample with no completion token contributes 0 to every part (its means are over nothing).
     """
     assert logits.dim() == 3 and logits.shape[:2] == target_ids.shape == loss_mask.shape
     log_p, max_p = token_log_probs(logits, target_ids, chunk_tokens)  # (B, T) each
     mask = loss_mask.to(log_p.dtype)
+    ratios = None if sampler_log_p is None else TokenRatios.of(log_p, sampler_log_p, mask)
+    # without a correction: weights of exactly 1 and nothing masked, so the seed's loss exactly
+    weights = 1.0 if ratios is None else ratios.weights(correction)  # (B, T)
+    kept = None if ratios is None else ratios.kept(correction)  # (B,)
     n_tokens = mask.sum(dim=1).clamp(min=1)  # (B,)
-    mean_log_p = (log_p * mask).sum(dim=1) / n_tokens  # (B,)
+    mean_log_p = (log_p * weights * mask).sum(dim=1) / n_tokens  # (B,)
     mean_max_p = (max_p * mask).sum(dim=1) / n_tokens  # (B,)
 
     s = (solution_score.to(log_p) + reasoning_score.to(log_p)) / 2  # (B,)
@@ -121,7 +139,9 @@ def feedback_augmented_loss(
     ce = -mean_log_p
     reward = -lambda1 * s * mean_log_p
     penalty = lambda2 * (1 - s) * mean_max_p * (1 - c)
-    return LossOutput((ce + reward + penalty).mean(), ce, reward, penalty)
+    if kept is not None:
+        ce, reward, penalty = ce * kept, reward * kept, penalty * kept
+    return LossOutput((ce + reward + penalty).mean(), ce, reward, penalty, ratios, kept)
 
 
 def masked_cross_entropy(logits: Tensor, target_ids: Tensor, loss_mask: Tensor) -> Tensor:

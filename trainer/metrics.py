@@ -37,6 +37,11 @@ class StepStats:
     lag: int  # samples in the stream not yet delivered to any consumer
     staleness: int  # served version minus the oldest weight version in the batch
     version: int  # weight version agent A serves
+    # the trained policy against the samplers (trainer.off_policy); None: nothing measured
+    mismatch_kl: float | None
+    ratio_outside: float | None  # share of tokens with p_trainer / p_sampler outside [1/c, c]
+    masked: int  # samples the off-policy correction left out of the loss
+    mismatch_kl_by_behind: dict[str, float]  # versions behind ("k", the last "k+") -> KL
 
 
 def step_line(s: StepStats) -> str:
@@ -47,8 +52,17 @@ def step_line(s: StepStats) -> str:
         f"acc {s.accuracy:.3f} | {s.samples} samples ({s.skipped} skipped) "
         f"{s.tokens_per_s:.0f} tok/s | "
         f"lr {s.lr:.2e} gnorm {s.grad_norm:.3f} | lag {s.lag} | stale {s.staleness} | "
-        f"v{s.version}"
+        f"v{s.version}{mismatch_text(s)}"
     )
+
+
+def mismatch_text(s: StepStats) -> str:
+    """` | mismatch kl 1.2e-04 (0.1% outside)`, and the samples masked if any; empty when
+    nothing was measured."""
+    if s.mismatch_kl is None or s.ratio_outside is None:
+        return ""
+    masked = f", {s.masked} masked" if s.masked else ""
+    return f" | mismatch kl {s.mismatch_kl:.1e} ({s.ratio_outside:.1%} outside{masked})"
 
 
 class TrainerMetrics:
@@ -79,6 +93,23 @@ class TrainerMetrics:
         )
         self.version = Gauge(
             "gvloop_trainer_weight_version", "Weight version agent A serves.", registry=r
+        )
+        self.mismatch_kl = Gauge(
+            "gvloop_trainer_mismatch_kl",
+            "KL(sampler || trainer) on the last batch's tokens (k3 estimate), over all of them "
+            "and by how many versions behind their sampler was.",
+            ["versions_behind"],
+            registry=r,
+        )
+        self.ratio_outside = Gauge(
+            "gvloop_trainer_ratio_outside",
+            "Share of the last batch's tokens whose p_trainer / p_sampler is outside the cap.",
+            registry=r,
+        )
+        self.masked = Counter(
+            "gvloop_trainer_masked_samples",
+            "Samples the off-policy correction left out of the loss.",
+            registry=r,
         )
         self.samples = Counter("gvloop_trainer_samples", "Samples trained on.", registry=r)
         self.tokens = Counter("gvloop_trainer_tokens", "Completion tokens trained.", registry=r)
@@ -141,6 +172,12 @@ class TrainerMetrics:
         self.lag.set(s.lag)
         self.staleness.set(s.staleness)
         self.version.set(s.version)
+        if s.mismatch_kl is not None and s.ratio_outside is not None:
+            self.mismatch_kl.labels("all").set(s.mismatch_kl)
+            for behind, kl in s.mismatch_kl_by_behind.items():
+                self.mismatch_kl.labels(behind).set(kl)
+            self.ratio_outside.set(s.ratio_outside)
+        self.masked.inc(s.masked)
         self.samples.inc(s.samples)
         self.tokens.inc(s.tokens)
         self.step_seconds.observe(s.seconds)
@@ -196,6 +233,9 @@ STEP_TAGS = {
     "lag": "queue/lag",
     "staleness": "queue/staleness",
     "version": "weights/version",
+    "mismatch_kl": "offpolicy/mismatch_kl",
+    "ratio_outside": "offpolicy/ratio_outside",
+    "masked": "offpolicy/masked",
 }
 
 
@@ -217,7 +257,13 @@ class TensorBoardSink:
         wall = event.get("time")
         if event.get("event") == "step":
             self._step = int(event["step"])
-            values = {tag: float(event[key]) for key, tag in STEP_TAGS.items() if key in event}
+            values = {
+                tag: float(event[key])
+                for key, tag in STEP_TAGS.items()
+                if event.get(key) is not None
+            }
+            for behind, kl in event.get("mismatch_kl_by_behind", {}).items():
+                values[f"offpolicy/mismatch_kl_behind_{behind}"] = float(kl)
             self.scalars(self._step, values, wall)
         elif event.get("event") == "swap" and event.get("outcome") == "ok":
             self.scalars(self._step, {"weights/swap_seconds": float(event["seconds"])}, wall)

@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings
 
 from services.settings import env_config
+from trainer.off_policy import Correction
 
 
 class TrainerSettings(BaseSettings):
@@ -63,6 +64,18 @@ class TrainerSettings(BaseSettings):
     """Weight of the reward term, -lambda1 * S * mean log p(y_t)."""
     lambda2: float = Field(default=1.0, ge=0)
     """Weight of the penalty term, lambda2 * (1 - S) * mean max_j p(j) * (1 - C)."""
+    is_weighting: Literal["none", "token", "sequence"] = "none"
+    """Off-policy correction: truncated importance weights min(is_cap, p_trainer / p_sampler)
+    on the loss' two log p terms, per token or one per sample (the product over its tokens);
+    none: the seed's loss exactly. The trainer measures the mismatch either way."""
+    is_cap: float = Field(default=2.0, gt=1)
+    """Cap c of the importance weights; tokens whose ratio is outside [1/c, c] are counted."""
+    mask_ratio: float | None = Field(default=None, gt=1)
+    """Leave out of the loss a sample whose geometric-mean ratio p_trainer / p_sampler over its
+    tokens is outside [1/b, b] (b = this); unset: none is left out for its ratio."""
+    max_mismatch_kl: float | None = Field(default=None, gt=0)
+    """Staleness measured instead of counted: leave out of the loss a sample whose mismatch
+    (mean over its tokens of r - 1 - log r, r = p_trainer / p_sampler) is over this."""
     loss_chunk_tokens: int = Field(default=1024, ge=1)
     """Tokens per chunk of the loss' logsumexp and max over the vocabulary (bounds its memory)."""
     max_steps: int = Field(default=0, ge=0)
@@ -138,6 +151,10 @@ class TrainerSettings(BaseSettings):
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr ({self.min_lr}) exceeds lr ({self.lr})")
         return self
+
+    @property
+    def correction(self) -> Correction:
+        return Correction(self.is_weighting, self.is_cap, self.mask_ratio, self.max_mismatch_kl)
 
     @property
     def schedule_decay_steps(self) -> int:

@@ -13,6 +13,7 @@ import torch
 from trainer.batch import Shard
 from trainer.distributed import all_ranks_sum, full_norm, gradient_sync
 from trainer.loss import feedback_augmented_loss
+from trainer.off_policy import Mismatch, MismatchTally
 from trainer.settings import TrainerSettings
 
 
@@ -26,6 +27,7 @@ class StepResult:
     feedback: float  # mean S
     accuracy: float  # mean C
     tokens: int  # completion tokens
+    mismatch: Mismatch  # the trained policy against the samples' samplers, before the update
 
 
 def get_lr(step: int, cfg: TrainerSettings) -> float:
@@ -85,6 +87,7 @@ def train_step(
     for group in optimizer.param_groups:
         group["lr"] = lr
     sums = torch.zeros(6, device=device)  # ce, reward, penalty, S, C, tokens over real samples
+    tally = MismatchTally(cfg.max_staleness + 2, device)
     last = len(shard.micro_batches) - 1
     for i, (micro, weight) in enumerate(zip(shard.micro_batches, shard.weights, strict=True)):
         if should_stop():
@@ -111,13 +114,18 @@ def train_step(
                 cfg.lambda1,
                 cfg.lambda2,
                 chunk_tokens=cfg.loss_chunk_tokens,
+                sampler_log_p=micro.sampler_log_p[:, keep],
+                correction=cfg.correction,
             )
             (out.loss * weight).backward()
         if weight:  # not a rank's filler
             s = (micro.solution_score + micro.reasoning_score) / 2
             parts = (out.ce, out.reward, out.penalty, s, micro.is_correct, micro.loss_mask)
             sums += torch.stack([p.sum() for p in parts]).detach()
+            assert out.ratios is not None and out.kept is not None
+            tally.add(out.ratios, micro.versions_behind, out.kept, cfg.is_cap)
     sums = all_ranks_sum(sums)
+    all_ranks_sum(tally.sums)
     grad_norm = full_norm(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
     # a non-finite gradient would poison every weight: drop this update (the log shows nan)
     if torch.isfinite(grad_norm):
@@ -134,4 +142,5 @@ def train_step(
         feedback=feedback,
         accuracy=accuracy,
         tokens=tokens,
+        mismatch=tally.result(),
     )

@@ -86,7 +86,7 @@ class Replica:
         cfg = self.cfg
         shard = shard_batch(
             order.samples, self.rank.rank, self.rank.world, cfg.micro_batch_size,
-            cfg.max_seq_len, self.pad_id,
+            cfg.max_seq_len, self.pad_id, order.version,
         )  # fmt: skip
         # a rank alone may abandon a step; ranks together must all finish it
         stop = should_stop if self.rank.world == 1 else lambda: False
@@ -228,8 +228,9 @@ class Worker:
                 t0 = time.perf_counter()
                 # by length, so that each micro-batch pads only to its own longest sequence
                 samples = sorted((d.sample for d in deliveries), key=sequence_length)
+                lr = get_lr(self.step + 1, cfg)
                 order = await asyncio.to_thread(
-                    broadcast, Order("step", get_lr(self.step + 1, cfg), samples)
+                    broadcast, Order("step", lr, samples, self.state.version)
                 )
                 out = await asyncio.to_thread(self.replica.step, order, self.stopping.is_set)
                 if out is None:
@@ -250,7 +251,9 @@ class Worker:
                     skipped=self.intake.batch_skipped, tokens=out.tokens,
                     tokens_per_s=out.tokens / seconds, lr=order.lr, grad_norm=out.grad_norm,
                     lag=await self.intake.lag(), staleness=max(0, self.served_version - oldest),
-                    version=self.served_version,
+                    version=self.served_version, mismatch_kl=out.mismatch.kl,
+                    ratio_outside=out.mismatch.outside, masked=out.mismatch.masked,
+                    mismatch_kl_by_behind=out.mismatch.kl_by_behind,
                 )  # fmt: skip
                 self.metrics.record_step(stats)
                 progress.update(stats)

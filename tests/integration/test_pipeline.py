@@ -1,7 +1,9 @@
 """The whole pipeline as local processes on a tiny model, the way `gvloop up` runs it:
 problems in, samples with feedback in Redis, trainer steps, a checkpoint, a hot swap, and the
 generator serving (and recording) the new weight version: its greedy output is what
-transformers gives on the swapped-in checkpoint."""
+transformers gives on the swapped-in checkpoint. Every sample carries the engine's
+log-probabilities of its tokens, and they are transformers' on the weights that sampled them:
+the trainer measures itself against the same numbers."""
 
 from __future__ import annotations
 
@@ -13,7 +15,12 @@ import pytest
 from gvloop.problems import PROBLEM_SETS, load_problems
 from services.clients import GeneratorClient
 from services.schemas import GenerateRequest, SamplingParams
-from tests.integration.agent_a.helpers import GREEDY_TOKENS, greedy, reference_greedy
+from tests.integration.agent_a.helpers import (
+    GREEDY_TOKENS,
+    greedy,
+    reference_greedy,
+    reference_logprobs,
+)
 from tests.utils.pipeline import LocalStack, eventually, local_stack, stream_samples
 
 pytestmark = pytest.mark.slow
@@ -28,6 +35,8 @@ ENV = {
     "GVLOOP_TRAINER_LR": "1e-2",  # one step moves the greedy output
     "GVLOOP_TRAINER_PROGRESS": "off",
 }
+# vLLM's CPU kernels against torch's, both float32, on the tiny model: measured up to ~1e-5 nats
+LOGPROB_TOLERANCE = 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +47,9 @@ def stack(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         yield stack
 
 
-async def test_problems_in_samples_trained_weights_swapped(stack: LocalStack) -> None:
+async def test_problems_in_samples_trained_weights_swapped(
+    stack: LocalStack, tiny_model_dir: Path
+) -> None:
     problems = load_problems(PROBLEM_SETS["words"].train, limit=8)
     async with GeneratorClient(stack.url("generator"), timeout_s=300) as client:
         assert (await client.weights()).version == 0
@@ -58,6 +69,9 @@ async def test_problems_in_samples_trained_weights_swapped(stack: LocalStack) ->
             assert 0 <= sample.feedback.solution_score <= 1
             assert sample.weight_version == 0
         prompt_ids = samples[base.sample_id].prompt_token_ids
+        expected_logprobs = reference_logprobs(tiny_model_dir, list(samples.values()))
+        for sample, expected in zip(samples.values(), expected_logprobs, strict=True):
+            assert sample.completion_logprobs == pytest.approx(expected, abs=LOGPROB_TOLERANCE)
 
         # The trainer takes two full batches (the 17th sample waits), checkpoints after each
         # and asks agent A to swap.
@@ -82,8 +96,16 @@ async def test_problems_in_samples_trained_weights_swapped(stack: LocalStack) ->
     expected = reference_greedy(Path(served.checkpoint_dir), prompt_ids, GREEDY_TOKENS)
     assert recorded[retrained.sample_id].completion_token_ids == expected
     assert expected != samples[base.sample_id].completion_token_ids
+    (logprobs,) = reference_logprobs(Path(served.checkpoint_dir), [recorded[retrained.sample_id]])
+    assert recorded[retrained.sample_id].completion_logprobs == pytest.approx(
+        logprobs, abs=LOGPROB_TOLERANCE
+    )
+    # the first step trained samples of the weights it started from (0 versions behind): the
+    # mismatch it measured is the engine's numerics against the trainer's, near nothing
     (step, *_) = stack.events("step")
     assert step["step"] == 1 and step["samples"] == 8
+    assert step["mismatch_kl_by_behind"].keys() == {"0"}
+    assert 0 <= step["mismatch_kl"] < LOGPROB_TOLERANCE
     checkpoints = sorted((stack.data_dir / "checkpoints").glob("step_*"))
     assert checkpoints and (checkpoints[-1] / "model.safetensors").exists()
     assert "step 1" in stack.log("trainer")

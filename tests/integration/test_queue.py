@@ -40,6 +40,21 @@ async def test_put_then_read_keeps_order(redis_client: aioredis.Redis, stream_na
     assert got[0].sample == sent[0]
 
 
+async def test_a_schema_1_entry_is_delivered_without_logprobs(
+    redis_client: aioredis.Redis, stream_name: str
+) -> None:
+    # what a generator from before schema 2 (no completion_logprobs) left in the stream
+    queue = await make_queue(redis_client, stream_name)
+    old = json.loads(make_sample().model_dump_json())
+    old["schema_version"] = 1
+    del old["completion_logprobs"]
+    await redis_client.xadd(stream_name, {PAYLOAD: json.dumps(old)})
+    (delivery,) = await queue.read(4, block_ms=100)
+    assert delivery.sample.sample_id == old["sample_id"]
+    assert delivery.sample.completion_logprobs is None
+    assert await redis_client.xlen(queue.dead_letter_stream) == 0
+
+
 async def test_reads_in_batches_and_an_empty_read_returns_nothing(
     redis_client: aioredis.Redis, stream_name: str
 ) -> None:

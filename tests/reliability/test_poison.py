@@ -46,9 +46,10 @@ POISON: dict[str, dict[str, bytes]] = {
     "-inf by overflow": {PAYLOAD: with_raw("feedback.solution_score", "-1e999")},
     "'nan' as a string": {PAYLOAD: with_field("feedback.solution_score", "nan")},
     "score above 1": {PAYLOAD: with_field("feedback.solution_score", 1.5)},
-    "future schema": {PAYLOAD: with_field("schema_version", 2)},
+    "future schema": {PAYLOAD: with_field("schema_version", 3)},
     "negative token id": {PAYLOAD: with_field("completion_token_ids", [5, -1])},
     "no completion": {PAYLOAD: with_field("completion_token_ids", [])},
+    "a logprob too few": {PAYLOAD: with_field("completion_logprobs", [-0.5])},
     "unknown field": {PAYLOAD: with_field("extra", "x")},
     "huge text": {PAYLOAD: with_field("solution", "x" * 2_000_000)},
     "deeply nested": {PAYLOAD: with_raw("messages", "[" * 100_000 + "]" * 100_000)},
@@ -92,6 +93,7 @@ async def test_poison_goes_to_dead_letters_and_consumer_continues(
     assert "solution_score" in reasons["NaN score"]
     assert "reasoning_score" in reasons["inf score"]
     assert "schema_version" in reasons["future schema"]
+    assert "1 completion_logprobs for 3 completion tokens" in reasons["a logprob too few"]
 
 
 @pytest.mark.parametrize(

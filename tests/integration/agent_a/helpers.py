@@ -62,6 +62,20 @@ def reference_greedy(model_dir: Path, prompt_ids: list[int], max_new_tokens: int
     return out[0, len(prompt_ids) :].tolist()
 
 
+def reference_logprobs(model_dir: Path, samples: Sequence[Sample]) -> list[list[float]]:
+    """log p of each sample's completion tokens under these weights, by transformers
+    (float32): what the engine should have reported as it sampled them."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    found = []
+    for sample in samples:
+        prompt, completion = sample.prompt_token_ids, sample.completion_token_ids
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + completion])).logits[0, len(prompt) - 1 : -1]
+        log_p = torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(completion)[:, None])
+        found.append(log_p.squeeze(1).tolist())
+    return found
+
+
 async def wait_engine_running(
     engine_url: str,
     count: int,

@@ -144,9 +144,13 @@ async def test_reference_answer_is_verified_and_queued(
         assert sample.feedback.solution_score == entry["feedback"]["solution_score"]
         assert sample.feedback.reasoning_score == entry["feedback"]["reasoning_score"]
         assert 1 <= len(sample.completion_token_ids) <= TOKENS
-    # the token ids were asked of the engine for the sample, not passed on to the client
+        assert sample.completion_logprobs is not None
+        assert len(sample.completion_logprobs) == len(sample.completion_token_ids)
+    # the token ids and log-probs were asked of the engine for the sample, not passed on to
+    # the client, who did not ask for them
     assert "token_ids" not in (completion.choices[0].model_extra or {})
     assert "prompt_token_ids" not in completion.model_extra
+    assert all(choice.logprobs is None for choice in completion.choices)
 
 
 async def test_streamed_reference_answer_ends_with_the_verdicts(
@@ -159,6 +163,7 @@ async def test_streamed_reference_answer_ends_with_the_verdicts(
         max_tokens=TOKENS,
         seed=5,
         stream=True,
+        logprobs=True,
         extra_body={"reference_answer": "8"},
     )
     chunks = [chunk async for chunk in stream]
@@ -170,6 +175,15 @@ async def test_streamed_reference_answer_ends_with_the_verdicts(
     sample = (await stream_samples(redis_client, generator.common.stream))[entry["sample_id"]]
     assert (sample.solution, sample.reference_answer) == (text, "8")
     assert sample.feedback.is_correct == entry["feedback"]["is_correct"]
+    # the client asked for log-probabilities too: it got those the sample carries
+    streamed_logprobs = [
+        token.logprob
+        for c in streamed
+        for choice in c.choices
+        for token in (choice.logprobs.content or [] if choice.logprobs else [])
+    ]
+    assert streamed_logprobs == pytest.approx(sample.completion_logprobs, abs=1e-6)
+    assert len(streamed_logprobs) == len(sample.completion_token_ids)
 
 
 async def test_errors_come_in_openai_shape(

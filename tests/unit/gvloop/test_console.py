@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from gvloop.console import LiveConsole, PlainConsole, queue_line, swap_line
+from gvloop.console import LiveConsole, PlainConsole, queue_line, swap_line, trainer_line
 from gvloop.curve import EvalPoint
 from gvloop.runstate import RunState
 from services.queue import QueueStats
@@ -82,6 +82,14 @@ def test_queue_with_room_shows_depth_and_oldest_pending(tmp_path: Path) -> None:
     assert queue_line(state) == "40/128 queued, 32 being trained on, oldest pending 3s"
     state.feeders_waiting = True  # room is reserved by requests still generating
     assert queue_line(state) == "full (40/128 + being generated): waiting for the trainer"
+
+
+def test_trainer_line_shows_the_mismatch_once_measured(tmp_path: Path) -> None:
+    state = training_state(tmp_path, FakeClock())
+    assert "mismatch" not in trainer_line(state)  # a step of samples without log-probs
+    assert state.step is not None
+    state.step["mismatch_kl"] = 2.5e-5
+    assert trainer_line(state).endswith("· lr 2.0e-05 · mismatch kl 2.5e-05")
 
 
 def test_swap_line_shows_the_generators_phase_timings(tmp_path: Path) -> None:

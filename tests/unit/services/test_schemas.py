@@ -38,7 +38,7 @@ class TestSample:
     def test_json_round_trip(self) -> None:
         sample = make_sample()
         assert Sample.model_validate_json(sample.model_dump_json()) == sample
-        assert json.loads(sample.model_dump_json())["schema_version"] == 1
+        assert json.loads(sample.model_dump_json())["schema_version"] == 2
 
     @pytest.mark.parametrize(
         ("overrides", "field"),
@@ -47,6 +47,8 @@ class TestSample:
             ({"prompt_token_ids": [1, -2]}, "prompt_token_ids.1"),  # token ids are >= 0
             ({"weight_version": -1}, "weight_version"),
             ({"messages": []}, "messages"),
+            ({"completion_logprobs": [-0.1, -0.2]}, "2 completion_logprobs for 3"),
+            ({"completion_logprobs": [-0.1, 0.5, -0.2]}, "completion_logprobs.1"),  # p > 1
         ],
     )
     def test_invalid_fields_are_named(self, overrides: dict[str, object], field: str) -> None:
@@ -55,9 +57,21 @@ class TestSample:
 
     def test_unknown_schema_version_is_rejected(self) -> None:
         raw = json.loads(make_sample().model_dump_json())
-        raw["schema_version"] = 2
+        raw["schema_version"] = 3
         with pytest.raises(ValidationError, match="schema_version"):
             Sample.model_validate(raw)
+
+    def test_a_schema_1_entry_parses_without_logprobs(self) -> None:
+        # what a generator from before schema 2 left in the stream: trained, but unmeasured
+        raw = json.loads(make_sample().model_dump_json())
+        raw["schema_version"] = 1
+        del raw["completion_logprobs"]
+        sample = Sample.model_validate(raw)
+        assert sample.schema_version == 1 and sample.completion_logprobs is None
+
+    def test_logprobs_travel_with_their_tokens(self) -> None:
+        sample = make_sample(completion_logprobs=[-0.5, -9999.0, 0.0])
+        assert Sample.model_validate_json(sample.model_dump_json()) == sample
 
     def test_unknown_fields_are_rejected(self) -> None:
         raw = json.loads(make_sample().model_dump_json())

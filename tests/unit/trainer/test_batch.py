@@ -20,7 +20,7 @@ def test_tokens_targets_and_mask() -> None:
         completion_token_ids=[21, 22, 23],
         feedback=Feedback(solution_score=0.5, reasoning_score=0.25, is_correct=False),
     )
-    batch = collate([short, long], max_seq_len=64, pad_id=PAD)
+    batch = collate([short, long], max_seq_len=64, pad_id=PAD, version=0)
     assert batch.input_ids.tolist() == [[11, 12, 21, 0, 0, 0], [11, 12, 13, 21, 22, 23]]
     assert batch.attention_mask.tolist() == [[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]]
     # position t predicts token t+1; the last position predicts nothing
@@ -35,7 +35,7 @@ def test_tokens_targets_and_mask() -> None:
 
 def test_long_completions_are_cut_at_the_end() -> None:
     sample = make_sample(prompt_token_ids=[1, 2, 3], completion_token_ids=[4, 5, 6, 7, 8])
-    batch = collate([sample], max_seq_len=5, pad_id=PAD)
+    batch = collate([sample], max_seq_len=5, pad_id=PAD, version=0)
     assert batch.input_ids.tolist() == [[1, 2, 3, 4, 5]]
     assert batch.loss_mask.tolist() == [[0, 0, 1, 1, 0]]  # targets 4 and 5
 
@@ -44,7 +44,7 @@ def test_split_trims_each_micro_batch_to_its_longest_sample() -> None:
     samples = [
         make_sample(prompt_token_ids=[1, 2], completion_token_ids=[3] * n) for n in (1, 1, 6)
     ]
-    batch = collate(samples, max_seq_len=64, pad_id=PAD)
+    batch = collate(samples, max_seq_len=64, pad_id=PAD, version=0)
     first, second = batch.split(2)
     assert first.input_ids.shape == (2, 3) and second.input_ids.shape == (1, 8)
     assert first.loss_mask.shape == first.target_ids.shape == (2, 3)
@@ -84,7 +84,7 @@ def test_shards_split_a_batch_into_equal_counts_of_weighted_micro_batches(
     batch = [make_sample(completion_token_ids=[20 + i]) for i in range(samples)]
     taken = []
     for rank, (sizes, weights) in expected.items():
-        shard = shard_batch(batch, rank, world, micro, max_seq_len=64, pad_id=PAD)
+        shard = shard_batch(batch, rank, world, micro, max_seq_len=64, pad_id=PAD, version=0)
         assert [m.input_ids.shape[0] for m in shard.micro_batches] == sizes
         assert shard.weights == pytest.approx(weights)
         assert shard.batch_samples == samples

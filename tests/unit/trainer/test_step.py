@@ -88,7 +88,7 @@ def test_micro_batches_accumulate_to_the_full_batch_update() -> None:
         model = tiny_model()
         optimizer = torch.optim.AdamW(model.parameters())
         cfg = settings(batch_size=3, micro_batch_size=micro)
-        shard = shard_batch(samples, 0, 1, micro, max_seq_len=64, pad_id=0)
+        shard = shard_batch(samples, 0, 1, micro, max_seq_len=64, pad_id=0, version=0)
         assert len(shard.micro_batches) == 3 // micro
         result = train_step(model, optimizer, shard, 1e-3, cfg, torch.device("cpu"), None)
         updated.append((result, model))
@@ -106,7 +106,7 @@ def test_the_loss_on_kept_positions_is_the_loss_on_every_position() -> None:
         make_sample(prompt_token_ids=list(range(1, 1 + p)), completion_token_ids=[9, 8, 7][:c])
         for p, c in ((2, 3), (6, 1), (4, 2))
     ]
-    micro = shard_batch(samples, 0, 1, 3, max_seq_len=64, pad_id=0).micro_batches[0]
+    micro = shard_batch(samples, 0, 1, 3, max_seq_len=64, pad_id=0, version=0).micro_batches[0]
     keep = learnt_positions(micro.loss_mask)
     assert 0 < len(keep) < micro.loss_mask.shape[1]
     model = tiny_model()
@@ -123,7 +123,7 @@ def test_the_loss_on_kept_positions_is_the_loss_on_every_position() -> None:
 
 
 def test_a_step_changes_the_weights_and_lowers_the_loss_on_the_same_batch() -> None:
-    batch = shard_batch([make_sample(completion_token_ids=[9, 8, 7, 6])], 0, 1, 1, 64, 0)
+    batch = shard_batch([make_sample(completion_token_ids=[9, 8, 7, 6])], 0, 1, 1, 64, 0, 0)
     model = tiny_model()
     before = copy.deepcopy(model.state_dict())
     optimizer = torch.optim.AdamW(model.parameters())
@@ -136,7 +136,7 @@ def test_a_step_changes_the_weights_and_lowers_the_loss_on_the_same_batch() -> N
 
 
 def test_a_stop_request_abandons_the_step_and_leaves_the_weights() -> None:
-    batch = shard_batch([make_sample(completion_token_ids=[9, 8, 7, 6])] * 2, 0, 1, 1, 64, 0)
+    batch = shard_batch([make_sample(completion_token_ids=[9, 8, 7, 6])] * 2, 0, 1, 1, 64, 0, 0)
     model = tiny_model()
     before = copy.deepcopy(model.state_dict())
     optimizer = torch.optim.AdamW(model.parameters())

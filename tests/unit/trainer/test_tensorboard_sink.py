@@ -45,6 +45,10 @@ def step(n: int, loss: float) -> dict[str, object]:
         lag=3,
         staleness=1,
         version=n - 1,
+        mismatch_kl=1e-3 * n,
+        ratio_outside=0.01,
+        masked=0,
+        mismatch_kl_by_behind={"0": 1e-4, "1": 2e-3},
     )
     return {"event": "step", "time": 1000.0 + n, **asdict(stats)}
 
@@ -64,3 +68,12 @@ def test_steps_swaps_and_outside_scalars_land_at_their_step(tmp_path: Path) -> N
     assert found["weights/version"] == [(1, 0.0), (2, 1.0)]
     assert found["weights/swap_seconds"] == [(1, 0.5)]  # the failed swap is no swap time
     assert found["heldout/accuracy"] == [(2, 0.30000001192092896)]  # float32 on disk
+    assert [k for k, _ in found["offpolicy/mismatch_kl_behind_1"]] == [1, 2]
+
+
+def test_a_step_that_measured_nothing_plots_no_mismatch(tmp_path: Path) -> None:
+    sink = TensorBoardSink(tmp_path)
+    sink.record({**step(1, 2.5), "mismatch_kl": None, "ratio_outside": None})
+    sink.close()
+    found = scalars(tmp_path)
+    assert "loss/total" in found and "offpolicy/mismatch_kl" not in found
