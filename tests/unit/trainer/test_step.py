@@ -10,6 +10,7 @@ import torch
 from pydantic import ValidationError
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from services.schemas import Sample
 from tests.utils.samples import make_sample
 from trainer.batch import shard_batch
 from trainer.loss import feedback_augmented_loss
@@ -149,3 +150,44 @@ def test_a_stop_request_abandons_the_step_and_leaves_the_weights() -> None:
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
     assert not optimizer.state
+
+
+def sampled_by(model: LlamaForCausalLM, version: int, **fields: object) -> Sample:
+    """A sample carrying `model`'s own log-probabilities of its tokens, as the engine would."""
+    sample = make_sample(completion_token_ids=[9, 8, 7, 6], weight_version=version, **fields)
+    ids = torch.tensor([sample.prompt_token_ids + sample.completion_token_ids])
+    start = len(sample.prompt_token_ids) - 1
+    with torch.no_grad():
+        log_p = torch.log_softmax(model(ids).logits[0, start:-1], dim=-1)
+    logprobs = log_p.gather(1, ids[0, start + 1 :, None]).squeeze(1).tolist()
+    return sample.model_copy(update={"completion_logprobs": logprobs})
+
+
+def test_a_step_measures_itself_against_the_samplers_by_versions_behind() -> None:
+    model, stale = tiny_model(), tiny_model()
+    with torch.no_grad():
+        for p in stale.parameters():
+            p.add_(0.5 * torch.randn_like(p))  # an older policy, far from this one
+    samples = [sampled_by(model, version=3), sampled_by(stale, version=1)]
+    batch = shard_batch(samples, 0, 1, 2, 64, 0, version=3)
+    cfg = settings(batch_size=2, micro_batch_size=2, max_staleness=0)  # buckets "0", "1+"
+    optimizer = torch.optim.AdamW(model.parameters())
+    result = train_step(model, optimizer, batch, 1e-2, cfg, torch.device("cpu"), None)
+    assert result is not None
+    mismatch = result.mismatch
+    assert mismatch.tokens == 8 and mismatch.masked == 0
+    assert mismatch.kl_by_behind.keys() == {"0", "1+"}
+    assert mismatch.kl_by_behind["0"] < 1e-6 < mismatch.kl_by_behind["1+"]
+
+
+def test_the_correction_masks_what_is_too_far_off_policy() -> None:
+    model, stale = tiny_model(), tiny_model()
+    with torch.no_grad():
+        for p in stale.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    samples = [sampled_by(model, version=0), sampled_by(stale, version=0)]
+    batch = shard_batch(samples, 0, 1, 2, 64, 0, version=0)
+    cfg = settings(batch_size=2, micro_batch_size=2, max_mismatch_kl=1e-3, is_weighting="token")
+    optimizer = torch.optim.AdamW(model.parameters())
+    result = train_step(model, optimizer, batch, 1e-2, cfg, torch.device("cpu"), None)
+    assert result is not None and result.mismatch.masked == 1
