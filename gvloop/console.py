@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gvloop.runstate import RunState
+from services.spread import Spread
 
 COMPONENT_STYLE = {"starting": "yellow", "ready": "green", "exited": "red", "finished": "blue"}
 
@@ -93,7 +94,10 @@ def swap_line(state: RunState) -> str:
         timings = {}
     # phases under 5 ms say nothing a person needs
     phases = [f"{k.removesuffix('_s')} {v:.2f}s" for k, v in timings.items() if v and v >= 0.005]
-    return f"{text} ({', '.join(phases)})" if phases else text
+    text = f"{text} ({', '.join(phases)})" if phases else text
+    if spread := Spread.of(list(state.pauses.values())):
+        text += f" · generation stopped {spread} swaps"
+    return text
 
 
 def curve_line(state: RunState) -> str:

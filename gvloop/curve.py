@@ -9,6 +9,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from services.spread import Spread
+
 
 class EvalPoint(BaseModel):
     """Held-out accuracy of one served weight version, and how that version sampled the
@@ -28,6 +30,9 @@ class EvalPoint(BaseModel):
     distinct_fraction: float | None = None
     """Mean fraction of distinct final answers among the n samples of each training problem:
     1 when every sample answers differently, 1/n when the model has collapsed onto one answer."""
+    swap_stopped_s: float | None = None
+    """How long the hot swap that brought this version in stopped generation (None: the base
+    model, or not known)."""
 
     @property
     def accuracy(self) -> float:
@@ -54,8 +59,8 @@ def curve_table(curve: list[EvalPoint]) -> str:
     """The curve as a plain-text table (also what the learning benchmark prints)."""
     lines = [
         "| version | served from (s of training) | samples fed | held-out accuracy "
-        "| its training samples correct | distinct answers |",
-        "|---|---|---|---|---|---|",
+        "| its training samples correct | distinct answers | its swap stopped generation |",
+        "|---|---|---|---|---|---|---|",
     ]
     for p in curve:
         sampled = "-" if p.sampled_accuracy is None else f"{100 * p.sampled_accuracy:.0f}%"
@@ -65,10 +70,13 @@ def curve_table(curve: list[EvalPoint]) -> str:
             if p.problems
             else "not evaluated"
         )
+        stopped = "-" if p.swap_stopped_s is None else f"{p.swap_stopped_s:.2f}s"
         lines.append(
             f"| v{p.version} | {p.at_s:.0f} | {p.samples_fed} | {accuracy} | {sampled} "
-            f"| {distinct} |"
+            f"| {distinct} | {stopped} |"
         )
+    if spread := Spread.of([p.swap_stopped_s for p in curve if p.swap_stopped_s is not None]):
+        lines.append(f"\nGeneration stopped by the hot swaps: {spread}")
     return "\n".join(lines)
 
 

@@ -279,7 +279,9 @@ class Demo:
         )
 
     def _attach_sample_stats(self, curve: list[EvalPoint]) -> None:
+        """What each version's training samples were like, and how long its swap paused."""
         for point in curve:
+            point.swap_stopped_s = self.state.pauses.get(point.version, point.swap_stopped_s)
             if stats := self.feeder.by_version.get(point.version):
                 point.sampled = stats.samples
                 point.sampled_correct = stats.correct

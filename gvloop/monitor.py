@@ -77,6 +77,8 @@ class Monitor:
             self.state.step = event
         elif kind == "swap" and event.get("outcome") == "ok":
             self.state.swap = event
+            if event.get("stopped_s") is not None:
+                self.state.pauses[event["version"]] = event["stopped_s"]
             self.state.event(
                 f"hot swap: agent A serves v{event['version']} (trainer step "
                 f"{self.tensorboard.step}), POST /weights took {event['seconds']:.1f}s"

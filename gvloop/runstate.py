@@ -41,6 +41,8 @@ class RunState:
     """The trainer's last `step` JSON line (trainer/metrics.py StepStats)."""
     swap: dict[str, Any] | None = None
     """The trainer's last successful `swap` JSON line."""
+    pauses: dict[int, float] = field(default_factory=dict)
+    """Seconds each successful swap stopped generation, by the version it brought in."""
     curve: list[EvalPoint] = field(default_factory=list)
     listeners: list[Callable[[str], None]] = field(default_factory=list)
 

@@ -13,9 +13,13 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from services.spread import Spread
+
 logger = logging.getLogger("trainer")
 
 SECONDS_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+# a swap's pause is meant to stay well under a second
+PAUSE_BUCKETS = (0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 1, 2, 5)
 
 
 @dataclass(frozen=True)
@@ -143,9 +147,17 @@ class TrainerMetrics:
             buckets=SECONDS_BUCKETS,
             registry=r,
         )
+        self.generation_stopped = Histogram(
+            "gvloop_trainer_swap_generation_stopped_seconds",
+            "How long each successful swap stopped generation on agent A (its pause).",
+            buckets=PAUSE_BUCKETS,
+            registry=r,
+        )
         self.errors = Counter(
             "gvloop_trainer_errors", "Recovered failures, by kind.", ["kind"], registry=r
         )
+        self.pauses: list[float] = []
+        """Generation stopped by each successful swap of this run, in seconds."""
 
     def serve(self, host: str, port: int) -> None:
         """Serve /metrics from a daemon thread (it dies with the process)."""
@@ -207,12 +219,25 @@ class TrainerMetrics:
             n,
         )
 
-    def record_swap(self, version: int, outcome: str, seconds: float, detail: str) -> None:
+    def record_swap(
+        self, version: int, outcome: str, seconds: float, detail: str,
+        stopped_s: float | None = None,
+    ) -> None:  # fmt: skip
+        """A swap's outcome; a successful one with how long it stopped generation."""
         self.swaps.labels(outcome).inc()
+        extra = {}
         if outcome == "ok":
             self.swap_seconds.observe(seconds)
             self.version.set(version)
-        self.event("swap", version=version, outcome=outcome, seconds=seconds, detail=detail)
+        if stopped_s is not None:
+            self.generation_stopped.observe(stopped_s)
+            self.pauses.append(stopped_s)
+            # and the spread of the run's pauses so far, for whoever reads only the last line
+            spread = Spread.of(self.pauses)
+            extra = {"stopped_s": stopped_s, "stopped": spread.model_dump() if spread else None}
+        self.event(
+            "swap", version=version, outcome=outcome, seconds=seconds, detail=detail, **extra
+        )
 
 
 # The JSON line's field -> its TensorBoard tag, slash-grouped so that TensorBoard puts each group

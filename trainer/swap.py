@@ -16,6 +16,7 @@ from pathlib import Path
 
 from services.clients import GeneratorClient, RetryPolicy, ServiceError
 from services.schemas import SwapRequest
+from services.spread import Spread
 from trainer.metrics import TrainerMetrics
 
 logger = logging.getLogger("trainer")
@@ -114,9 +115,10 @@ class SwapPublisher:
         seconds = time.perf_counter() - started
         self.served_version = max(self.served_version, response.version)
         t = response.timings
+        self.metrics.record_swap(version, "ok", seconds, response.model_dump_json(), t.stopped_s)
         logger.info(
             "swap v%d done in %.2fs (agent A, %s: stage %.2fs while serving, generation stopped "
-            "%.2fs, of which loading %.2fs; %d engines) from %s",
+            "%.2fs, of which loading %.2fs; %d engines; stopped so far: %s) from %s",
             version,
             seconds,
             response.strategy,
@@ -124,9 +126,9 @@ class SwapPublisher:
             t.stopped_s,
             t.reload_s,
             response.engines,
+            Spread.of(self.metrics.pauses),
             checkpoint,
         )
-        self.metrics.record_swap(version, "ok", seconds, response.model_dump_json())
         return None
 
     def _failed(self, version: int, outcome: str, started: float, cause: str) -> str:

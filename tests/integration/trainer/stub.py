@@ -23,7 +23,9 @@ def swap_recorder(
         calls.append(body)
         if failures:
             raise HTTPException(failures.pop(0), "not now")
-        timings = SwapTimings(pause_s=0.01, reload_s=0.02, resume_s=0.01, total_s=0.04)
+        timings = SwapTimings(
+            pause_s=0.01, reload_s=0.02, resume_s=0.01, total_s=0.04, stopped_s=0.04
+        )
         return SwapResponse(
             version=body.version, checkpoint_dir=body.checkpoint_dir, engines=1, timings=timings
         )

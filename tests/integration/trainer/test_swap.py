@@ -5,6 +5,7 @@ checkpoint after an outage, and gives up on a refusal without ever raising."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,14 @@ async def test_swap_sends_the_checkpoint_with_the_token(tmp_path: Path) -> None:
         await p.stop()
     assert calls == [SwapRequest(checkpoint_dir=str(tmp_path / "step_00000001"), version=1)]
     assert outcomes(p, "ok") == 1 and not p.pending
-    assert '"event": "swap"' in (tmp_path / "m.jsonl").read_text()
+    (event,) = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    # how long agent A stopped generating, and the run's spread of it so far
+    assert (event["event"], event["stopped_s"]) == ("swap", 0.04)
+    assert event["stopped"] == {"count": 1, "p50": 0.04, "p95": 0.04, "max": 0.04}
+    stopped = p.metrics.registry.get_sample_value(
+        "gvloop_trainer_swap_generation_stopped_seconds_bucket", {"le": "0.05"}
+    )
+    assert stopped == 1
 
 
 async def test_busy_agent_a_is_retried(tmp_path: Path) -> None:

@@ -99,6 +99,10 @@ def test_swap_line_shows_the_generators_phase_timings(tmp_path: Path) -> None:
     assert swap_line(state) == "v3: POST /weights 0.70s (pause 0.03s, reload 0.50s, total 0.60s)"
     state.swap["detail"] = "engine 1 failed"  # a detail that is no JSON: the time alone
     assert swap_line(state) == "v3: POST /weights 0.70s"
+    state.pauses = {1: 0.1, 2: 0.3, 3: 0.2}
+    assert swap_line(state).endswith(
+        " · generation stopped p50 0.20s, p95 0.29s, max 0.30s over 3 swaps"
+    )
 
 
 def test_live_panel_shows_components_queue_trainer_and_curve(tmp_path: Path) -> None:

@@ -28,10 +28,17 @@ def test_standard_error_is_binomial() -> None:
 
 
 def test_table_shows_every_point_with_its_error_and_diversity() -> None:
-    curve = [point(0, 20), point(1, 55, sampled=64, sampled_correct=32, distinct_fraction=0.5)]
+    curve = [
+        point(0, 20),
+        point(1, 55, sampled=64, sampled_correct=32, distinct_fraction=0.5, swap_stopped_s=0.12),
+        point(2, 60, swap_stopped_s=0.2),
+    ]
     table = curve_table(curve)
-    assert "| v0 | 0 | 0 | 20.0% ± 4.0 (100) | - | - |" in table
-    assert "| v1 | 60 | 64 | 55.0% ± 5.0 (100) | 50% | 0.50 |" in table
+    assert "| v0 | 0 | 0 | 20.0% ± 4.0 (100) | - | - | - |" in table
+    assert "| v1 | 60 | 64 | 55.0% ± 5.0 (100) | 50% | 0.50 | 0.12s |" in table
+    assert table.endswith(
+        "Generation stopped by the hot swaps: p50 0.16s, p95 0.20s, max 0.20s over 2"
+    )
 
 
 def test_plot_is_a_png(tmp_path: Path) -> None:
