@@ -5,9 +5,10 @@ Per swap (the default strategy, stage): every live engine stages the checkpoint 
 serving (reads it and builds the new weights in its own layout, `agent_a.vllm_worker`); only
 once all hold it do they all pause (mode=keep: in-flight requests freeze, none is aborted),
 flip the staged weights in, set the weight version, reset the prefix cache (KV computed with the
-old weights must not be reused) and resume. Generation stops for the flip alone, and the
-engines' versions differ only between their resumes. The reload strategy reads the checkpoint
-inside the pause instead (the baseline). Each phase is timed.
+old weights must not be reused) and resume. A pause takes effect once the engine's step in
+flight is done (its tokens are generated and sent); from then generation stops, for the flip
+alone, and the engines' versions differ only between their resumes. The reload strategy reads
+the checkpoint inside the pause instead (the baseline). Each phase is timed.
 
 A failed stage changes nothing: no engine paused. An engine whose host lacks the memory for a
 second copy of the weights refuses to stage, and the swap reloads inside the pause instead. If
@@ -26,8 +27,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
 from agent_a.engine_pool import Engine, EnginePool, StageMemoryError
 from agent_a.errors import AgentAError, DependencyFailedError, DependencyUnavailableError
@@ -36,6 +38,7 @@ from agent_a.store import WeightsStore
 from services.schemas import SwapResponse, SwapStrategy, SwapTimings, WeightInfo
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class HotSwapper:
@@ -101,7 +104,7 @@ class HotSwapper:
     async def _stage(self, targets: list[Engine], path: str, version: int) -> None:
         """Every engine reads the checkpoint while it serves; a failure changes nothing."""
         try:
-            await _on_all(targets, lambda e: self.pool.stage(e, path))
+            await _all(self.pool.stage(e, path) for e in targets)
         except Exception as exc:
             await asyncio.gather(
                 *(self.pool.discard_staged(e) for e in targets), return_exceptions=True
@@ -128,7 +131,8 @@ class HotSwapper:
         reset the prefix cache, resume."""
         staged = time.perf_counter()
         try:
-            await _on_all(targets, self.pool.pause)
+            # each engine finishes the step in flight (generating), then stands still
+            paused_at = await _all(self._pause(e) for e in targets)
         except Exception as exc:
             await asyncio.gather(*(self.pool.resume(e) for e in targets), return_exceptions=True)
             if strategy == "stage":
@@ -141,11 +145,18 @@ class HotSwapper:
             ) from exc
         paused = time.perf_counter()
         load = self.pool.flip if strategy == "stage" else self.pool.reload
+
+        def switch(engine: Engine) -> list[Awaitable[None]]:
+            # at once: a paused engine computes nothing, so their order does not matter
+            return [
+                load(engine, path),
+                self.pool.set_version(engine, version),
+                self.pool.reset_prefix_cache(engine),
+            ]
+
         try:
-            await _on_all(targets, lambda e: load(e, path))
+            await _all(call for e in targets for call in switch(e))
             loaded = time.perf_counter()
-            await _on_all(targets, lambda e: self.pool.set_version(e, version))
-            await _on_all(targets, self.pool.reset_prefix_cache)
         except Exception as exc:  # whatever broke, no engine may resume on these weights
             logger.error("swap to v%d (%s) failed: %s; recovering", version, path, exc)
             raise await self._recover(targets, path, version, exc) from exc
@@ -161,20 +172,21 @@ class HotSwapper:
             reload_s=loaded - paused,
             resume_s=done - loaded,
             total_s=done - started,
-            stopped_s=(max(resumed) if resumed else done) - staged,
+            stopped_s=(max(resumed) if resumed else done) - min(paused_at),
             versions_differ_s=max(resumed) - min(resumed) if resumed else 0.0,
         )
         self._observe(timings)
         logger.info(
-            "swapped to v%d (%s, %s) on %d engine(s): stage %.3fs (serving), generation stopped "
-            "%.3fs (pause %.3fs, %s %.3fs, resume %.3fs), versions differed %.3fs, total %.3fs",
+            "swapped to v%d (%s, %s) on %d engine(s): stage %.3fs (serving), pause %.3fs (the "
+            "step in flight finishing), generation stopped %.3fs (%s %.3fs, resume %.3fs), "
+            "versions differed %.3fs, total %.3fs",
             version,
             path,
             strategy,
             len(targets),
             timings.stage_s,
-            timings.stopped_s,
             timings.pause_s,
+            timings.stopped_s,
             "flip" if strategy == "stage" else "reload",
             timings.reload_s,
             timings.resume_s,
@@ -230,6 +242,11 @@ class HotSwapper:
         await self.pool.reset_prefix_cache(engine)
         await self.pool.resume(engine)
 
+    async def _pause(self, engine: Engine) -> float:
+        """Pause `engine`; returns when it took effect (perf_counter)."""
+        await self.pool.pause(engine)
+        return time.perf_counter()
+
     async def _live_engines(self) -> list[Engine]:
         """Engines that answer /health; a dead one is taken out of rotation, not waited for
         (a later swap takes it back once it answers)."""
@@ -270,9 +287,11 @@ class HotSwapper:
             self.metrics.swap_seconds.labels(phase).observe(getattr(timings, f"{phase}_s"))
 
 
-async def _on_all(engines: list[Engine], call: Callable[[Engine], Awaitable[None]]) -> None:
-    """Run `call` on every engine at once; after all are done, raise the first failure."""
-    results = await asyncio.gather(*(call(e) for e in engines), return_exceptions=True)
+async def _all(calls: Iterable[Awaitable[T]]) -> list[T]:
+    """Await every call at once; once all are done, raise the first failure, or return their
+    results."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
     for result in results:
         if isinstance(result, BaseException):
             raise result
+    return results  # type: ignore[return-value]

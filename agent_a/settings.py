@@ -40,6 +40,12 @@ class EngineSettings(BaseSettings):
     """Split long prefills across steps; unset: off on the CPU build, where vLLM 0.32 kills the
     engine ("CPU Generator does not use offset") when a seeded request's prefill is split,
     on for CUDA."""
+    max_num_batched_tokens: int | None = Field(default=None, ge=16)
+    """Most tokens one engine step computes. A swap's pause waits for the step in flight, and
+    a streaming client waits for every step, so this bounds both (a step of 100 prompts took
+    3-4 s on 2 CPU cores). Without chunked prefill (the CPU build) a whole prompt must fit one
+    step, so it caps prompt plus completion too (--max-model-len, unless max_model_len is
+    lower). Unset: vLLM's default (on the CPU build, the model's whole context)."""
     extra_args: list[str] = []
     """More vLLM arguments, verbatim (JSON list), e.g. ["--max-num-seqs", "64"]."""
     start_timeout_s: float = Field(default=900.0, gt=0)

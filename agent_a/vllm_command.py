@@ -75,11 +75,18 @@ def engine_command(
     # bf16, which CPUs without AVX512-BF16/AMX emulate (measured 13 vs 78 tok/s on 2 cores).
     dtype = "float32" if cpu and settings.dtype == "auto" else settings.dtype
     argv += ["--host", settings.host, "--port", str(settings.port), "--dtype", dtype]
-    if settings.max_model_len is not None:
-        argv += ["--max-model-len", str(settings.max_model_len)]
+    chunked = settings.chunked_prefill if settings.chunked_prefill is not None else not cpu
+    step_tokens = settings.max_num_batched_tokens
+    model_len = settings.max_model_len
+    if step_tokens is not None:
+        argv += ["--max-num-batched-tokens", str(step_tokens)]
+        if not chunked:  # a prompt is prefilled in one step: vLLM refuses a longer context
+            model_len = min(model_len or step_tokens, step_tokens)
+    if model_len is not None:
+        argv += ["--max-model-len", str(model_len)]
     if settings.enforce_eager if settings.enforce_eager is not None else cpu:
         argv.append("--enforce-eager")
-    if not (settings.chunked_prefill if settings.chunked_prefill is not None else not cpu):
+    if not chunked:
         argv.append("--no-enable-chunked-prefill")
     if settings.kv_cache_gib is not None and not cpu:
         argv += ["--kv-cache-memory-bytes", str(settings.kv_cache_gib * 2**30)]

@@ -6,6 +6,10 @@ overhead. Rounds alternate raw and pipeline so drift on a shared machine hits bo
 Engine, verifier and generator are real `gvloop` processes, wired as `gvloop up` wires them.
 
     python bench/bench_generator.py --model default --problems 32 --n 4 --max-tokens 64
+    python bench/bench_generator.py --step-tokens none,512      # what an engine step bound costs
+
+With several `--step-tokens` (`GVLOOP_ENGINE_MAX_NUM_BATCHED_TOKENS`; none: vLLM's default),
+each bound gets a stack of its own, one after the other in the same run, and its rows.
 """
 
 from __future__ import annotations
@@ -92,13 +96,46 @@ def main(
     max_tokens: Annotated[int, typer.Option(help="Completion tokens per sample.")] = 64,
     rounds: Annotated[int, typer.Option(help="Timed rounds of each (after a burn-in).")] = 2,
     kv_cache_gib: Annotated[int, typer.Option(help="Engine KV cache (GiB).")] = 2,
+    step_tokens: Annotated[
+        str, typer.Option(help="Engine step bounds, comma-separated (none: vLLM's default).")
+    ] = "none",
 ) -> None:
     common = CommonSettings()
     model_dir = resolve_model(model, common.data_dir)
     batch = load_problems(PROBLEM_SETS["words"].train, limit=problems)
     sampling = SamplingParams(temperature=0.8, max_tokens=max_tokens, seed=0)
+    print(
+        f"\nmodel {Path(model_dir).name}: {problems} problems x n={n}, max_tokens {max_tokens}, "
+        f"temperature {sampling.temperature}, median of {rounds} rounds"
+    )
+    print("| engine step bound | path | problems/s | completion tokens/s | vs unbounded raw |")
+    print("|---|---|---|---|---|")
+    baseline = None
+    for bound in step_tokens.split(","):
+        env = {"GVLOOP_ENGINE_KV_CACHE_GIB": str(kv_cache_gib), "GVLOOP_MAX_BACKLOG": "100000"}
+        if bound != "none":
+            env["GVLOOP_ENGINE_MAX_NUM_BATCHED_TOKENS"] = bound
+        raws, pipes = run_stack(model_dir, env, batch, n, sampling, rounds)
+        raw_p, raw_t = (statistics.median(r[i] for r in raws) for i in (0, 1))
+        pipe_p, pipe_t = (statistics.median(r[i] for r in pipes) for i in (0, 1))
+        baseline = baseline or raw_t
+        label = "none (vLLM default)" if bound == "none" else f"{bound} tokens"
+        print(
+            f"| {label} | raw vLLM chat completions | {raw_p:.2f} | {raw_t:.0f} "
+            f"| {raw_t / baseline:.2f} |"
+        )
+        print(
+            f"| {label} | generator API (+ verifier + queue) | {pipe_p:.2f} | {pipe_t:.0f} "
+            f"| {pipe_t / baseline:.2f} |"
+        )
+
+
+def run_stack(
+    model_dir: str, env: dict[str, str], batch: list[ProblemIn], n: int,
+    sampling: SamplingParams, rounds: int,
+) -> tuple[list[Rate], list[Rate]]:  # fmt: skip
+    """Engine, verifier and generator as `gvloop up` runs them, measured."""
     topology = StackTopology.free()
-    env = {"GVLOOP_ENGINE_KV_CACHE_GIB": str(kv_cache_gib), "GVLOOP_MAX_BACKLOG": "100000"}
     with tempfile.TemporaryDirectory(prefix="bench-generator-") as tmp:
         data_dir = Path(tmp)
         with (
@@ -110,21 +147,7 @@ def main(
             ):
                 launcher.start(component)
             launcher.wait_ready()
-            raws, pipes = asyncio.run(measure(topology, batch, n, sampling, rounds))
-
-    raw_p, raw_t = (statistics.median(r[i] for r in raws) for i in (0, 1))
-    pipe_p, pipe_t = (statistics.median(r[i] for r in pipes) for i in (0, 1))
-    print(
-        f"\nmodel {Path(model_dir).name}: {problems} problems x n={n}, max_tokens {max_tokens}, "
-        f"temperature {sampling.temperature}, median of {rounds} rounds"
-    )
-    print("| path | problems/s | completion tokens/s | vs raw vLLM |")
-    print("|---|---|---|---|")
-    print(f"| raw vLLM chat completions (baseline) | {raw_p:.2f} | {raw_t:.0f} | 1.00 |")
-    print(
-        f"| generator API (+ verifier + queue) | {pipe_p:.2f} | {pipe_t:.0f} "
-        f"| {pipe_t / raw_t:.2f} |"
-    )
+            return asyncio.run(measure(topology, batch, n, sampling, rounds))
 
 
 if __name__ == "__main__":

@@ -7,13 +7,23 @@ The engine and the generator are real `gvloop agent-a engine|serve` processes. C
 hard-linked copies of the model inside a private checkpoint root (what a trainer writes).
 
     python bench/bench_hotswap.py --models default,random-1b --swaps 5
+    python bench/bench_hotswap.py --loaded --swaps 12 --step-tokens none,512
 
 With several models it prints, last, how the pause grows with the model's size each way.
+
+`--loaded` measures the default strategy under the demo's load instead, once per engine step
+bound (`GVLOOP_ENGINE_MAX_NUM_BATCHED_TOKENS`; `none`: vLLM's default): the demo's two feeders
+(8 addition problems x 4 samples per request, temperature 0.8, 48 tokens) and, after every
+swap, its held-out evaluation (100 greedy problems at once), as `make run` sends them to the
+engine, with a swap every `--interval` seconds. It prints p50/p95/max of the pause (waiting for
+the engine's step in flight), of generation stopped and of the longest gap between a streamed
+request's tokens, and the load's completion tokens/s: what the bound costs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 import os
@@ -21,6 +31,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated
@@ -30,14 +41,16 @@ import typer
 from safetensors import safe_open
 
 from gvloop.launcher import Component, Launcher
+from gvloop.problems import PROBLEM_SETS, load_problems
 from gvloop.stack import local_components
 from gvloop.tiny_model import SIZES, parse_random, random_llama
 from gvloop.topology import StackTopology
 from services.clients import GeneratorClient
 from services.model_files import resolve_model
 from services.redis_server import EmbeddedRedis
-from services.schemas import SwapRequest, SwapStrategy
+from services.schemas import ProblemIn, SwapRequest, SwapStrategy
 from services.settings import CommonSettings
+from services.spread import Spread
 
 STRATEGIES: tuple[SwapStrategy, ...] = ("stage", "reload")
 STREAM_TOKENS = 400  # per streamed request: seconds of decoding on 2 cores
@@ -46,8 +59,8 @@ STREAM_TOKENS = 400  # per streamed request: seconds of decoding on 2 cores
 @dataclass
 class Swap:
     stopped_s: float
-    """Generation stopped: first pause sent to last engine resumed (as the engine's requests
-    see it)."""
+    """Generation stopped: from the engine standing still (paused, its step in flight done)
+    to its resume."""
     stage_s: float
     """Staging while the engine serves (stage strategy only)."""
     load_s: float
@@ -149,6 +162,86 @@ async def hot_swaps(
     return swaps
 
 
+@dataclass
+class Loaded:
+    """One engine step bound under the demo's load: each swap's timings, and the load's
+    throughput over the run."""
+
+    step_tokens: int | None
+    pauses: list[float] = field(default_factory=list)
+    stopped: list[float] = field(default_factory=list)
+    gaps: list[float] = field(default_factory=list)
+    tokens: int = 0
+    seconds: float = 0.0
+
+
+async def demo_load(engine_url: str, loaded: Loaded, evaluate: asyncio.Event,
+                    stop: asyncio.Event) -> None:  # fmt: skip
+    """The demo's requests to the engine until `stop`: two feeders, and one held-out evaluation
+    each time `evaluate` is set. Counts the completion tokens served."""
+    problem_set = PROBLEM_SETS["addition"]
+    train = load_problems(problem_set.train)
+    heldout = load_problems(problem_set.heldout, limit=100)
+    async with httpx.AsyncClient(base_url=engine_url, timeout=600) as http:
+        model = (await http.get("/v1/models")).json()["data"][0]["id"]
+
+        async def complete(problem: ProblemIn, **sampling: object) -> None:
+            body = {"model": model, "messages": [m.model_dump() for m in problem.chat()]}
+            response = await http.post("/v1/chat/completions", json={**body, **sampling})
+            response.raise_for_status()
+            loaded.tokens += response.json()["usage"]["completion_tokens"]
+
+        async def feeder(offset: int) -> None:
+            for start in itertools.count(offset * 8, 16):
+                batch = [train[(start + i) % len(train)] for i in range(8)]
+                await asyncio.gather(
+                    *(complete(p, n=4, temperature=0.8, max_tokens=48) for p in batch)
+                )
+
+        async def evaluations() -> None:
+            while True:
+                await evaluate.wait()
+                evaluate.clear()
+                await asyncio.gather(*(complete(p, temperature=0, max_tokens=48) for p in heldout))
+
+        tasks = [asyncio.create_task(c) for c in (feeder(0), feeder(1), evaluations())]
+        started = time.perf_counter()
+        await stop.wait()
+        loaded.seconds = time.perf_counter() - started
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def loaded_swaps(
+    generator_url: str, engine_url: str, checkpoints: list[Path], interval_s: float,
+    loaded: Loaded,
+) -> None:  # fmt: skip
+    """Swap every `interval_s` under the demo's load (an evaluation after each swap, as the
+    demo does), with a request streaming throughout."""
+    clock, stop, evaluate = TokenClock(), asyncio.Event(), asyncio.Event()
+    streaming = asyncio.create_task(keep_streaming(engine_url, clock, stop))
+    load = asyncio.create_task(demo_load(engine_url, loaded, evaluate, stop))
+    async with GeneratorClient(generator_url, timeout_s=600) as client:
+        for version, checkpoint in enumerate(checkpoints, start=1):
+            await asyncio.sleep(interval_s)
+            for task in (streaming, load):
+                if task.done():
+                    await task  # raises why it stopped
+            started = time.perf_counter()
+            request = SwapRequest(checkpoint_dir=str(checkpoint), version=version)
+            answer = await client.swap(request)
+            swapped = time.perf_counter()
+            evaluate.set()
+            await asyncio.sleep(1.0)  # the stream's tokens after the swap close its gap
+            if version > 1:  # the first one warms up
+                loaded.pauses.append(answer.timings.pause_s)
+                loaded.stopped.append(answer.timings.stopped_s)
+                loaded.gaps.append(clock.longest_gap(started, swapped))
+    stop.set()
+    await asyncio.gather(streaming, load)
+
+
 def restart(launcher: Launcher, engine: Component, checkpoint: Path, engine_url: str) -> float:
     """Stop the engine, start it on the checkpoint, serve a first token: seconds taken."""
     started = time.perf_counter()
@@ -167,8 +260,11 @@ class Measured:
     restart_s: float
 
 
-def measure(model_dir: Path, swaps: int, kv_cache_gib: int) -> Measured:
-    """Every way to load a checkpoint of `model_dir`, on one engine and one generator."""
+@contextlib.contextmanager
+def swap_stack(
+    model_dir: Path, swaps: int, kv_cache_gib: int, env: dict[str, str] | None = None
+) -> Iterator[tuple[Launcher, Component, StackTopology, list[Path]]]:
+    """An engine and a generator on `model_dir`, and the checkpoints to swap in turn."""
     with tempfile.TemporaryDirectory(prefix="bench-hotswap-") as tmp:
         data_dir = Path(tmp)
         root = data_dir / "checkpoints"
@@ -177,7 +273,11 @@ def measure(model_dir: Path, swaps: int, kv_cache_gib: int) -> Measured:
             checkpoints.append(root / f"step_{i}")
             shutil.copytree(model_dir, checkpoints[-1], copy_function=os.link)
         topology = StackTopology.free()
-        env = {"GVLOOP_CHECKPOINT_DIR": str(root), "GVLOOP_ENGINE_KV_CACHE_GIB": str(kv_cache_gib)}
+        env = {
+            "GVLOOP_CHECKPOINT_DIR": str(root),
+            "GVLOOP_ENGINE_KV_CACHE_GIB": str(kv_cache_gib),
+            **(env or {}),
+        }
         with EmbeddedRedis(data_dir / "redis") as redis:
             components = {
                 c.name: c
@@ -185,7 +285,6 @@ def measure(model_dir: Path, swaps: int, kv_cache_gib: int) -> Measured:
                     str(model_dir), redis.url, data_dir, topology, env, trainer=False
                 )
             }
-            engine_url = topology.engine.url
             with Launcher(data_dir / "logs", echo=False) as engines:
                 engines.start(components["engine"])
                 engines.wait_ready()
@@ -193,9 +292,48 @@ def measure(model_dir: Path, swaps: int, kv_cache_gib: int) -> Measured:
                     generator.start(components["generator"])
                     generator.wait_ready()
                     plan = [checkpoints[i % 2] for i in range(swaps + 1)]
-                    measured = asyncio.run(hot_swaps(topology.generator.url, engine_url, plan))
-                restarted = restart(engines, components["engine"], checkpoints[0], engine_url)
+                    yield engines, components["engine"], topology, plan
+
+
+def measure(model_dir: Path, swaps: int, kv_cache_gib: int) -> Measured:
+    """Every way to load a checkpoint of `model_dir`, on one engine and one generator."""
+    with swap_stack(model_dir, swaps, kv_cache_gib) as (engines, engine, topology, plan):
+        engine_url = topology.engine.url
+        measured = asyncio.run(hot_swaps(topology.generator.url, engine_url, plan))
+        restarted = restart(engines, engine, plan[0], engine_url)
     return Measured(model_dir.name, parameters(model_dir) / 1e6, measured, restarted)
+
+
+def measure_loaded(
+    model_dir: Path, swaps: int, kv_cache_gib: int, step_tokens: int | None, interval_s: float
+) -> Loaded:
+    env = {} if step_tokens is None else {"GVLOOP_ENGINE_MAX_NUM_BATCHED_TOKENS": str(step_tokens)}
+    loaded = Loaded(step_tokens)
+    with swap_stack(model_dir, swaps, kv_cache_gib, env) as (_, _, topology, plan):
+        urls = (topology.generator.url, topology.engine.url)
+        asyncio.run(loaded_swaps(*urls, plan, interval_s, loaded))
+    return loaded
+
+
+def loaded_table(results: list[Loaded]) -> None:
+    print(
+        f"\nunder the demo's load, {len(results[0].stopped)} swaps each after a warm-up "
+        "(p50 / p95 / max, seconds)"
+    )
+    print(
+        "| engine step bound (tokens) | pause: the step in flight | generation stopped "
+        "| longest gap between streamed tokens | load served (tokens/s) | x unbounded |"
+    )
+    print("|---|---|---|---|---|---|")
+    base = results[0].tokens / results[0].seconds
+    for r in results:
+        cells = [Spread.of(values) for values in (r.pauses, r.stopped, r.gaps)]
+        text = [f"{c.p50:.3f} / {c.p95:.3f} / {c.max:.3f}" if c else "-" for c in cells]
+        rate = r.tokens / r.seconds
+        print(
+            f"| {r.step_tokens or 'none (vLLM default)'} | {' | '.join(text)} | {rate:.0f} "
+            f"| {rate / base:.2f} |"
+        )
 
 
 def parameters(model_dir: Path) -> int:
@@ -273,8 +411,18 @@ def main(
     ] = "default",
     swaps: Annotated[int, typer.Option(help="Timed hot swaps (after one warm-up).")] = 5,
     kv_cache_gib: Annotated[int, typer.Option(help="Engine KV cache (GiB).")] = 2,
+    loaded: Annotated[bool, typer.Option(help="Swap under the demo's load instead.")] = False,
+    step_tokens: Annotated[
+        str, typer.Option(help="With --loaded: engine step bounds to compare (none: vLLM's).")
+    ] = "none,512",
+    interval: Annotated[float, typer.Option(help="With --loaded: seconds between swaps.")] = 10,
 ) -> None:
     common = CommonSettings()
+    if loaded:
+        model_dir = Path(resolve_model(models.split(",")[0], common.data_dir))
+        bounds = [None if b == "none" else int(b) for b in step_tokens.split(",")]
+        loaded_table([measure_loaded(model_dir, swaps, kv_cache_gib, b, interval) for b in bounds])
+        return
     results = []
     for name in models.split(","):
         size = parse_random(name)

@@ -149,6 +149,8 @@ class Demo:
         )
         self.trained_before_s = self.feeder.progress.training_s
         self.training_started: float | None = None
+        self.earlier_points = 0
+        """Points of the curve a resumed run starts from: final, never changed."""
 
     async def run(self) -> list[EvalPoint]:
         """Evaluate, then train until the time budget, `swaps` hot swaps, the trainer's last
@@ -156,6 +158,7 @@ class Demo:
         trainer go on; returns the curve (a resumed run's: the earlier points too)."""
         model = await self.heldout.served_model()
         curve = load_curve(self.out_dir / "curve.json") if self.resume else []
+        self.earlier_points = len(curve)
         first = await self._first_version()
         if not curve or curve[-1].version != first.version:
             served = Served(self._training_s(), self.feeder.progress.samples, first.checkpoint_dir)
@@ -279,8 +282,9 @@ class Demo:
         )
 
     def _attach_sample_stats(self, curve: list[EvalPoint]) -> None:
-        """What each version's training samples were like, and how long its swap paused."""
-        for point in curve:
+        """What each version of this run sampled, and how long its swap stopped generation (a
+        resumed run's earlier points stay as they were)."""
+        for point in curve[self.earlier_points :]:
             point.swap_stopped_s = self.state.pauses.get(point.version, point.swap_stopped_s)
             if stats := self.feeder.by_version.get(point.version):
                 point.sampled = stats.samples

@@ -77,11 +77,13 @@ class Monitor:
             self.state.step = event
         elif kind == "swap" and event.get("outcome") == "ok":
             self.state.swap = event
+            stopped = ""
             if event.get("stopped_s") is not None:
                 self.state.pauses[event["version"]] = event["stopped_s"]
+                stopped = f", generation stopped {event['stopped_s']:.2f}s"
             self.state.event(
                 f"hot swap: agent A serves v{event['version']} (trainer step "
-                f"{self.tensorboard.step}), POST /weights took {event['seconds']:.1f}s"
+                f"{self.tensorboard.step}), POST /weights took {event['seconds']:.1f}s{stopped}"
             )
         elif kind == "swap":
             self.state.event(

@@ -240,15 +240,19 @@ class SwapTimings(Strict):
     """Seconds of each phase of a swap, over every engine."""
 
     pause_s: float
+    """From the pause sent to every engine paused: each finishes the step in flight first
+    (generating as usual), so this is as long as the engine's steps are."""
     reload_s: float
-    """Loading inside the pause: the flip of staged weights, or the reload from disk."""
+    """Inside the pause: the flip of staged weights (or the reload from disk), with the
+    version set and the prefix cache reset alongside."""
     resume_s: float
-    """Version, prefix-cache reset and resume."""
+    """Resume, and the new version recorded."""
     total_s: float
     stage_s: float = 0.0
     """Staging while the engines serve (stage strategy only)."""
     stopped_s: float = 0.0
-    """Generation stopped: from the first pause sent to the last engine resumed."""
+    """Generation stopped: from the first engine standing still (paused, its step in flight
+    done) to the last engine resumed."""
     versions_differ_s: float = 0.0
     """From the first engine serving the new version to the last: while engines disagree."""
 

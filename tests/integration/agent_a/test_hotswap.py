@@ -87,7 +87,9 @@ async def test_swap_under_load_changes_output_and_version(
 
         assert (swap.version, swap.engines, swap.strategy) == (1, 1, "stage")
         t = swap.timings
-        assert 0 < t.stage_s < t.total_s and 0 < t.pause_s < t.stopped_s < t.total_s
+        assert 0 < t.stage_s < t.total_s and 0 < t.pause_s and 0 < t.reload_s < t.stopped_s
+        # the pause waits for the step in flight, then generation stops: one after the other
+        assert t.stage_s + t.pause_s + t.stopped_s < t.total_s
         assert t.versions_differ_s == 0  # one engine never disagrees with itself
         results = [s for r in finished for result in r.data for s in result.solutions]
         assert len(results) == IN_FLIGHT and all(s.queued for s in results)

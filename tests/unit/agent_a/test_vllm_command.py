@@ -76,6 +76,28 @@ class TestEngineCommand:
         assert "--no-enable-chunked-prefill" not in argv
         assert argv[-2:] == ["--max-num-seqs", "8"]
 
+    @pytest.mark.parametrize(
+        ("fields", "cpu", "model_len"),
+        [
+            # without chunked prefill a prompt is one step: the context is capped to fit it
+            ({}, True, "512"),
+            ({"max_model_len": 256}, True, "256"),
+            ({"max_model_len": 4096}, True, "512"),
+            # with chunked prefill a long prompt takes several steps: no cap
+            ({}, False, None),
+            ({"chunked_prefill": True}, True, None),
+        ],
+    )
+    def test_a_bounded_engine_step(
+        self, tmp_path: Path, fields: dict[str, object], cpu: bool, model_len: str | None
+    ) -> None:
+        bounded = settings(max_num_batched_tokens=512, **fields)
+        argv, _ = engine_command(str(tmp_path), bounded, cpu=cpu)
+        assert option(argv, "--max-num-batched-tokens") == "512"
+        assert option(argv, "--max-model-len") == model_len
+        unbounded, _ = engine_command(str(tmp_path), settings(), cpu=cpu)
+        assert "--max-num-batched-tokens" not in unbounded
+
     def test_component_polls_loopback_when_bound_to_all(self, tmp_path: Path) -> None:
         component = engine_component(str(tmp_path), settings(host="0.0.0.0", port=9001))
         assert component.health_url == "http://127.0.0.1:9001/health"
