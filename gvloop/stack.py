@@ -127,12 +127,8 @@ def training_stack(
     (its samples stay in the stream until its checkpoint acknowledges them) and two ahead,
     since the recipe skips groups without a right answer (half of them at first) and the
     trainer should never wait for generation; further ahead would only make stale samples, on
-    the CPU the trainer needs. Unless GVLOOP_ENGINE_MAX_NUM_BATCHED_TOKENS is set, an engine
-    step holds at most the trainer's max_seq_len tokens (and so does a sequence, on the CPU
-    build): the demo's held-out evaluation, 100 prompts at once, then takes several short
-    steps instead of one of seconds that every streaming client and every swap would wait for.
-    The trainer takes the demo's recipe, except where a GVLOOP_TRAINER_* variable says
-    otherwise.
+    the CPU the trainer needs. The trainer takes the demo's recipe, except where a
+    GVLOOP_TRAINER_* variable says otherwise.
     """
     from trainer.settings import TrainerSettings
 
@@ -145,8 +141,6 @@ def training_stack(
         shutil.rmtree(state_dir, ignore_errors=True)
     env = {"GVLOOP_CHECKPOINT_DIR": str(state_dir / "checkpoints")}
     update: dict[str, object] = {"data_dir": state_dir, "checkpoint_dir": None}
-    if "max_num_batched_tokens" not in EngineSettings().model_fields_set:
-        env["GVLOOP_ENGINE_MAX_NUM_BATCHED_TOKENS"] = str(trainer.max_seq_len)
     if "max_backlog" not in common.model_fields_set:
         env["GVLOOP_MAX_BACKLOG"] = str(3 * trainer.batch_size)
         update["max_backlog"] = 3 * trainer.batch_size  # the feeders wait for this bound
