@@ -222,22 +222,25 @@ class TrainerMetrics:
     def record_swap(
         self, version: int, outcome: str, seconds: float, detail: str,
         stopped_s: float | None = None,
-    ) -> None:  # fmt: skip
-        """A swap's outcome; a successful one with how long it stopped generation."""
+    ) -> Spread | None:  # fmt: skip
+        """A swap's outcome; a successful one with how long it stopped generation. Returns the
+        spread of the run's pauses so far (None before the first)."""
         self.swaps.labels(outcome).inc()
-        extra = {}
         if outcome == "ok":
             self.swap_seconds.observe(seconds)
             self.version.set(version)
         if stopped_s is not None:
             self.generation_stopped.observe(stopped_s)
             self.pauses.append(stopped_s)
-            # and the spread of the run's pauses so far, for whoever reads only the last line
-            spread = Spread.of(self.pauses)
-            extra = {"stopped_s": stopped_s, "stopped": spread.model_dump() if spread else None}
+        spread = Spread.of(self.pauses)
+        # the spread so far goes in the line too, for whoever reads only the last one
+        extra = {} if stopped_s is None or spread is None else {
+            "stopped_s": stopped_s, "stopped": spread.model_dump()
+        }  # fmt: skip
         self.event(
             "swap", version=version, outcome=outcome, seconds=seconds, detail=detail, **extra
         )
+        return spread
 
 
 # The JSON line's field -> its TensorBoard tag, slash-grouped so that TensorBoard puts each group

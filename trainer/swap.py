@@ -16,7 +16,6 @@ from pathlib import Path
 
 from services.clients import GeneratorClient, RetryPolicy, ServiceError
 from services.schemas import SwapRequest
-from services.spread import Spread
 from trainer.metrics import TrainerMetrics
 
 logger = logging.getLogger("trainer")
@@ -115,7 +114,9 @@ class SwapPublisher:
         seconds = time.perf_counter() - started
         self.served_version = max(self.served_version, response.version)
         t = response.timings
-        self.metrics.record_swap(version, "ok", seconds, response.model_dump_json(), t.stopped_s)
+        spread = self.metrics.record_swap(
+            version, "ok", seconds, response.model_dump_json(), t.stopped_s
+        )
         logger.info(
             "swap v%d done in %.2fs (agent A, %s: stage %.2fs while serving, generation stopped "
             "%.2fs, of which loading %.2fs; %d engines; stopped so far: %s) from %s",
@@ -126,7 +127,7 @@ class SwapPublisher:
             t.stopped_s,
             t.reload_s,
             response.engines,
-            Spread.of(self.metrics.pauses),
+            spread,
             checkpoint,
         )
         return None
