@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -85,13 +86,21 @@ class ChatStream:
         self._response = response
         self.version = version
         """The version the engine reported before the request."""
+        self.longest_gap_s = 0.0
+        """The longest wait between two chunks so far: what a streaming client sees as a stall
+        (the first chunk's wait is the prompt's prefill, not a stall)."""
 
     async def chunks(self) -> AsyncIterator[dict[str, Any]]:
         """Each chunk, until the engine's [DONE]; an error event raises."""
+        last: float | None = None
         try:
             async for line in self._response.aiter_lines():
                 if not line.startswith("data:"):
                     continue
+                now = time.perf_counter()
+                if last is not None:
+                    self.longest_gap_s = max(self.longest_gap_s, now - last)
+                last = now
                 data = line.removeprefix("data:").strip()
                 if data == "[DONE]":
                     return

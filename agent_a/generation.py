@@ -208,11 +208,15 @@ class Generator:
 
     @contextlib.asynccontextmanager
     async def stream_chat(self, body: dict[str, Any]) -> AsyncIterator[ChatStream]:
-        """`chat`, streamed."""
+        """`chat`, streamed; its longest wait between chunks is recorded, apart for the
+        streams a swap paused."""
         await self.swapper.wait_idle()
+        pauses = self.swapper.pauses
         with self.metrics.engine_seconds.time():
             async with self.pool.stream_chat(body) as stream:
                 yield stream
+        during_swap = "yes" if self.swapper.pauses != pauses else "no"
+        self.metrics.stream_gap_seconds.labels(during_swap).observe(stream.longest_gap_s)
 
     async def verify_and_queue(
         self,

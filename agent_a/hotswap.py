@@ -58,6 +58,9 @@ class HotSwapper:
         self._lock = asyncio.Lock()  # one swap at a time
         self._idle = asyncio.Event()
         self._idle.set()
+        self.pauses = 0
+        """Swaps that have paused generation so far: a stream during which it changed had
+        its tokens held by one."""
         metrics.weight_version.set_function(lambda: self._weights.version)
 
     @property
@@ -96,6 +99,7 @@ class HotSwapper:
         # from here to the resume, new requests wait here: one that reached a paused engine
         # would be served by the new weights but recorded with the old version
         self._idle.clear()
+        self.pauses += 1
         try:
             return await self._flip(targets, path, version, strategy, started, stage_s)
         finally:

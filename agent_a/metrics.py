@@ -66,6 +66,14 @@ class GeneratorMetrics:
             buckets=SWAP_BUCKETS,
             registry=self.registry,
         )
+        self.stream_gap_seconds = Histogram(
+            "gvloop_generator_stream_gap_seconds",
+            "Longest wait between two chunks of each streamed chat completion, by whether a "
+            "swap paused generation while it streamed (yes, no): the stall a client sees.",
+            ["during_swap"],
+            buckets=SWAP_BUCKETS,
+            registry=self.registry,
+        )
         self.weight_version = Gauge(
             "gvloop_generator_weight_version",
             "Weight version being served.",

@@ -9,6 +9,7 @@ previous one left."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent_a.engine_pool import FLIP_METHOD
+from agent_a.engine_pool import FLIP_METHOD, STAGE_METHOD
 from gvloop.launcher import Launcher, free_ports
 from gvloop.stack import engine_component
 from services.redis_server import EmbeddedRedis
@@ -190,3 +191,54 @@ async def test_a_request_waits_for_a_swap_no_longer_than_its_bound(
     assert "a weight swap has held generation for 1s" in waited.json()["detail"]
     assert after.status_code == 200, after.text
     assert after.json()["data"][0]["solutions"][0]["weight_version"] == 108
+
+
+async def test_a_stream_a_swap_pauses_records_its_stall_apart(engines: Engines) -> None:
+    registry = engines.generator.app.state.metrics.registry
+
+    def recorded(during_swap: str) -> tuple[float, float]:
+        labels = {"during_swap": during_swap}
+        count = registry.get_sample_value("gvloop_generator_stream_gap_seconds_count", labels)
+        total = registry.get_sample_value("gvloop_generator_stream_gap_seconds_sum", labels)
+        return count or 0.0, total or 0.0
+
+    async def stream(http: httpx.AsyncClient, first_chunk: asyncio.Event) -> int:
+        model = (await http.get("/v1/models")).json()["data"][0]["id"]
+        body = {
+            "model": model,
+            "messages": [{"role": "user", "content": PROMPT}],
+            "temperature": 0.0,
+            "max_tokens": 1500,  # long enough to be streaming when the swap pauses it
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        tokens = 0
+        async with http.stream("POST", "/v1/chat/completions", json=body) as response:
+            assert response.status_code == 200
+            async for line in response.aiter_lines():
+                first_chunk.set()
+                if line.startswith("data: {") and '"usage": {' in line:
+                    tokens = json.loads(line.removeprefix("data: "))["usage"]["completion_tokens"]
+        return tokens
+
+    hold_s = 1.0
+    before_swap, before_plain = recorded("yes"), recorded("no")
+    async with httpx.AsyncClient(base_url=engines.generator.url, timeout=300) as http:
+        assert await stream(http, asyncio.Event()) == 1500  # no swap while it streams
+        staging = engines.proxies[0].add(Fault("/collective_rpc", STAGE_METHOD, hold=True))
+        flip = engines.proxies[1].add(Fault("/collective_rpc", FLIP_METHOD, hold=True))
+        swap = asyncio.create_task(engines.swap("step_1", 109))
+        await staging.wait_held()
+        first_chunk = asyncio.Event()
+        streamed = asyncio.create_task(stream(http, first_chunk))
+        await first_chunk.wait()
+        staging.release()  # the swap pauses the stream, then holds it paused in the flip
+        await flip.wait_held()
+        await asyncio.sleep(hold_s)
+        flip.release()
+        assert (await swap).status_code == 200
+        assert await streamed == 1500
+    count, total = recorded("yes")
+    assert count == before_swap[0] + 1
+    assert total - before_swap[1] >= hold_s  # its longest gap holds the whole held flip
+    assert recorded("no")[0] == before_plain[0] + 1
