@@ -24,6 +24,7 @@ from agent_a.store import JobStore, WeightsStore
 from services.clients import VerifierClient
 from services.processes import instance_id
 from services.queue import SampleQueue, open_queue
+from services.redis_checks import check_redis
 from services.redis_server import EmbeddedRedis, ensure_redis
 from services.schemas import SwapRequest, SwapResponse, WeightInfo
 from services.settings import CommonSettings
@@ -73,6 +74,7 @@ class GeneratorService:
         weights_store = WeightsStore(redis_url, common.stream, common.redis_timeout_s)
         pool = EnginePool(settings)
         try:
+            await check_redis(redis_url, common.redis_timeout_s)  # refuses an evicting Redis
             await queue.ensure_group()
             versions = await pool.connect()
             weights = await _served_weights(weights_store, versions)

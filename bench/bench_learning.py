@@ -91,16 +91,27 @@ def mismatch_over_time(metrics_file: Path) -> str:
 
 def evaluate_after(curve: list[EvalPoint], base_model: str, cfg: NaiveConfig) -> list[EvalPoint]:
     """Each served version's checkpoint evaluated as the naive loop evaluates its own: the same
-    held-out problems, HF greedy decoding, the same grading, and off the clock."""
+    held-out problems, HF greedy decoding (pass@1) and samples (pass@k, distinct answers), the
+    same grading, and off the clock."""
     _, heldout = make_task(cfg)
     tok = AutoTokenizer.from_pretrained(base_model)
     evaluated = []
     for point in curve:
         source = point.checkpoint_dir or base_model
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
-        accuracy = evaluate(model, tok, heldout, cfg)[0]
-        correct = round(accuracy * len(heldout))
-        evaluated.append(point.model_copy(update={"problems": len(heldout), "correct": correct}))
+        result = evaluate(model, tok, heldout, cfg)
+        update = {"problems": len(heldout), "correct": round(result.accuracy * len(heldout))}
+        if result.pass_at_k is not None and result.distinct is not None:
+            update |= {
+                "passk_n": cfg.diversity_samples,
+                "passk_k": cfg.pass_k,
+                "passk_problems": min(cfg.diversity_problems, len(heldout)),
+                "pass_at_k": result.pass_at_k.value,
+                "pass_at_k_stderr": result.pass_at_k.stderr,
+                "heldout_distinct_fraction": result.distinct.value,
+                "heldout_distinct_stderr": result.distinct.stderr,
+            }
+        evaluated.append(point.model_copy(update=update))
     return evaluated
 
 
@@ -136,9 +147,13 @@ def main(
         lr=float(DEMO_RECIPE["GVLOOP_TRAINER_LR"]),
         lambda1=float(DEMO_RECIPE["GVLOOP_TRAINER_LAMBDA1"]),
         time_budget_s=time_budget,
-        diversity_problems=0,
+        # pass@k and distinct answers as the demo measures them (0 samples: none)
+        diversity_problems=(config.passk_problems or heldout) if config.passk_n else 0,
+        diversity_samples=config.passk_n or config.passk_k,
+        pass_k=config.passk_k,
     )
-    curves: dict[str, list[tuple[float, float, float]]] = {}  # (s, accuracy, stderr)
+    # (s, accuracy, stderr, pass@k or None)
+    curves: dict[str, list[tuple[float, float, float, float | None]]] = {}
     for name in recipes.split(","):
         started = time.monotonic()
         run_common, model, env = training_stack(common, common.model)
@@ -159,16 +174,23 @@ def main(
         print(curve_table(curve))
         print("mismatch KL (trainer against sampler) by step:")
         print(mismatch_over_time(run_dir / "trainer-metrics.jsonl"))
-        curves[f"gvloop {name}"] = [(p.at_s, p.accuracy, p.stderr) for p in curve]
+        curves[f"gvloop {name}"] = [(p.at_s, p.accuracy, p.stderr, p.pass_at_k) for p in curve]
     if naive:
         points: list[CurvePoint] = run_naive(naive_config)
-        curves["naive"] = [(p.train_s, p.accuracy, p.stderr) for p in points]
-    print(f"\nHeld-out accuracy against seconds of training ({problems}, {heldout} problems):")
+        curves["naive"] = [(p.train_s, p.accuracy, p.stderr, p.pass_at_k) for p in points]
+    print(
+        f"\nHeld-out accuracy (and pass@{config.passk_k}) against seconds of training "
+        f"({problems}, {heldout} problems):"
+    )
     for name, points_ in curves.items():
-        row = ", ".join(f"{t:.0f}s {100 * a:.0f}±{100 * se:.0f}%" for t, a, se in points_)
+        row = ", ".join(
+            f"{t:.0f}s {100 * a:.0f}±{100 * se:.0f}%"
+            + ("" if pk is None else f" (pass@{config.passk_k} {100 * pk:.0f}%)")
+            for t, a, se, pk in points_
+        )
         print(f"| {name} | {row} |")
     if "naive" in curves:
-        pairs = [(t, a) for t, a, _ in curves["naive"]]
+        pairs = [(t, a) for t, a, _, _ in curves["naive"]]
         best = max(a for _, a in pairs)
         naive_s = first_reaching(pairs, best)
         assert naive_s is not None
@@ -178,7 +200,7 @@ def main(
         for name, points_ in curves.items():
             if name == "naive":
                 continue
-            reached = first_reaching([(t, a) for t, a, _ in points_], best)
+            reached = first_reaching([(t, a) for t, a, _, _ in points_], best)
             ratio = "-" if reached is None or naive_s == 0 else f"{reached / naive_s:.2f}x"
             print(f"| {name} | {'never' if reached is None else f'{reached:.0f}'} | {ratio} |")
 

@@ -10,9 +10,11 @@ The baseline half of the learning benchmark. One step is:
        feedback-augmented loss, gradients accumulated over micro-batches, clipped), so the
        baseline's step is the pipeline's step by construction.
 
-Every `eval_every` steps the held-out set is answered greedily and graded the same way; the
-fraction of distinct final answers among `diversity_samples` sampled answers per problem is
-reported beside it. Each point carries optimizer steps, samples trained on and wall time, both
+Every `eval_every` steps the held-out set is answered greedily and graded the same way; from
+`diversity_samples` sampled answers per problem (the first `diversity_problems`), pass@k (the
+unbiased estimator, `pass_k`) and the fraction of distinct final answers are reported beside
+it, each with its standard error over problems (`gvloop/metrics.py`). Each point carries
+optimizer steps, samples trained on and wall time, both
 with and without the time spent evaluating (the evaluation would not hold a pipeline back).
 
 The feedback S for a sample comes from one of two rules (`--score`):
@@ -54,6 +56,7 @@ from agent_b.rules import (
 )
 from agent_b.scoring import compute_reasoning_score
 from gvloop.hf_generation import Completion, chat_prompt_ids, generate
+from gvloop.metrics import Metric, distinct_fraction, pass_at_k
 from gvloop.problems import PROBLEM_SETS, load_problems
 from services.schemas import Feedback, ProblemIn, Sample, SamplingParams
 from trainer.batch import sequence_length
@@ -102,6 +105,9 @@ class NaiveConfig:
     diversity_problems: int = 25
     """Held-out problems (the first ones) on which diversity is measured; 0: none."""
     diversity_samples: int = 4
+    """n of pass@k: sampled answers per problem, at `temperature`."""
+    pass_k: int = 4
+    """k of pass@k, at most `diversity_samples`."""
     eval_batch_size: int = 100
     threads: int = 0
     """torch threads; 0: torch's default."""
@@ -127,6 +133,9 @@ class CurvePoint:
     distinct: float | None  # mean fraction of distinct final answers per problem
     cut: float  # fraction of greedy answers cut at eval_max_tokens with no 'Answer' in them
     sampled_accuracy: float | None  # training samples correct in the last eval_every steps
+    pass_at_k: float | None = None  # from the diversity samples, k = pass_k
+    pass_at_k_stderr: float | None = None
+    distinct_stderr: float | None = None
 
 
 # ----------------------------------------------------------------------------- tasks
@@ -261,14 +270,25 @@ def imitation_share(scores: list[tuple[float, float, bool]], lambda1: float) -> 
 # ----------------------------------------------------------------------------- evaluation
 
 
+@dataclass
+class Evaluation:
+    accuracy: float  # greedy: pass@1
+    stderr: float
+    cut: float
+    texts: list[str]  # the greedy answers
+    pass_at_k: Metric | None  # from the samples; None: no samples (diversity_problems 0)
+    distinct: Metric | None
+
+
 def evaluate(
     model: torch.nn.Module,
     tok: PreTrainedTokenizerBase,
     heldout: list[Problem],
     cfg: NaiveConfig,
-) -> tuple[float, float, float | None, float, list[str]]:
-    """(accuracy, its standard error, distinct-answer fraction, cut fraction, the greedy
-    answers) on `heldout`."""
+) -> Evaluation:
+    """Greedy accuracy (pass@1) with its standard error, the cut fraction and the greedy
+    answers on `heldout`; pass@k and distinct answers from samples of its first
+    `diversity_problems`."""
     prompts = [prompt_ids(tok, p, cfg.system_prompt) for p in heldout]
     correct, cut, texts = [], [], []
     for start in range(0, len(prompts), cfg.eval_batch_size):
@@ -281,26 +301,27 @@ def evaluate(
             cut.append(not c.finished and "answer" not in c.text.lower())
     acc = sum(correct) / len(correct)
     stderr = math.sqrt(acc * (1 - acc) / len(correct))
-    distinct = None
+    passk = distinct = None
     if cfg.diversity_problems and cfg.diversity_samples:
-        fractions = []
-        k = cfg.diversity_samples
+        passes, fractions = [], []
+        n = cfg.diversity_samples
         subset = prompts[: cfg.diversity_problems]
-        per_batch = max(1, cfg.eval_batch_size // k)
+        per_batch = max(1, cfg.eval_batch_size // n)
         for start in range(0, len(subset), per_batch):
             groups = generate(
                 model,
                 tok,
                 subset[start : start + per_batch],
-                k,
+                n,
                 cfg.temperature,
                 cfg.eval_max_tokens,
             )
             for problem, group in zip(heldout[start:], groups, strict=False):
-                answers = {grade(c.text, problem.answer)[1] for c in group}
-                fractions.append(len(answers) / k)
-        distinct = sum(fractions) / len(fractions)
-    return acc, stderr, distinct, sum(cut) / len(cut), texts
+                graded = [grade(c.text, problem.answer) for c in group]
+                passes.append(pass_at_k(n, sum(ok for ok, _ in graded), cfg.pass_k))
+                fractions.append(distinct_fraction([answer for _, answer in graded]))
+        passk, distinct = Metric.mean_of(passes), Metric.mean_of(fractions)
+    return Evaluation(acc, stderr, sum(cut) / len(cut), texts, passk, distinct)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -339,7 +360,7 @@ def run_naive(cfg: NaiveConfig) -> list[CurvePoint]:
     def point() -> None:
         nonlocal eval_s
         t0 = time.monotonic()
-        acc, stderr, distinct, cut, texts = evaluate(model, tok, heldout, cfg)
+        result = evaluate(model, tok, heldout, cfg)
         eval_s += time.monotonic() - t0
         wall = time.monotonic() - started
         sampled = sum(window) / len(window) if window else None
@@ -349,18 +370,22 @@ def run_naive(cfg: NaiveConfig) -> list[CurvePoint]:
                 samples,
                 wall - eval_s,
                 wall,
-                acc,
+                result.accuracy,
                 len(heldout),
-                stderr,
-                distinct,
-                cut,
+                result.stderr,
+                None if result.distinct is None else result.distinct.value,
+                result.cut,
                 sampled,
+                None if result.pass_at_k is None else result.pass_at_k.value,
+                None if result.pass_at_k is None else result.pass_at_k.stderr,
+                None if result.distinct is None else result.distinct.stderr,
             )
         )
         window.clear()
         emit("eval", dataclasses.asdict(curve[-1]))
         if log:  # the first greedy answers, to see what is being learnt
-            log.write(json.dumps({"kind": "examples", "step": step, "texts": texts[:8]}) + "\n")
+            texts = result.texts[:8]
+            log.write(json.dumps({"kind": "examples", "step": step, "texts": texts}) + "\n")
 
     point()
     while step < cfg.max_steps and time.monotonic() - started - eval_s < cfg.time_budget_s:

@@ -27,6 +27,7 @@ from pydantic_core import PydanticUndefined
 
 from agent_a.settings import EngineSettings, GeneratorSettings
 from agent_b.settings import VerifierSettings
+from gvloop.restarts import RestartSettings
 from services.settings import CommonSettings
 from trainer.settings import TrainerSettings
 
@@ -39,6 +40,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("Agent A, generator API", GeneratorSettings),
     ("Agent B, verifier", VerifierSettings),
     ("Trainer", TrainerSettings),
+    ("`gvloop up`, restarting a component that crashed", RestartSettings),
 ]
 
 INTRO = """\
@@ -55,7 +57,8 @@ JSON (`GVLOOP_GENERATOR_ENGINE_URLS='["http://a:8000", "http://b:8000"]'`).
 
 This page is generated from the classes' fields (type, default and attribute docstring) by
 `docs/settings_page.py`; a test fails when it and the classes differ. `.env.example` lists the
-same settings for docker compose.
+same settings for docker compose, but for `GVLOOP_RESTART_*`, which only `gvloop up` reads
+(compose restarts its containers itself).
 
 Constraints between settings, checked at start-up: `GVLOOP_MAX_BACKLOG` must exceed
 `checkpoint_every * batch_size` (the trainer holds samples unacknowledged until its next

@@ -124,6 +124,23 @@ def up(
     heldout_size: Annotated[
         int, typer.Option(help="Held-out problems measured: the first N of the held-out set.")
     ] = 100,
+    passk_n: Annotated[
+        int | None,
+        typer.Option(
+            help="Held-out samples per problem, at the training sampling, for pass@k and "
+            "distinct answers; 0: greedy accuracy only (default: 4).",
+            min=0,
+        ),
+    ] = None,
+    passk_k: Annotated[
+        int | None, typer.Option(help="The k of pass@k, at most --passk-n (default: 4).", min=1)
+    ] = None,
+    passk_problems: Annotated[
+        int | None,
+        typer.Option(
+            help="Held-out problems sampled for pass@k: the first N (default: 50).", min=1
+        ),
+    ] = None,
     problems: Annotated[
         str, typer.Option(help="Demo: problem set, addition or words (gvloop/problems.py).")
     ] = "addition",
@@ -167,6 +184,8 @@ def up(
     import signal
     import time
 
+    from pydantic import ValidationError
+
     from gvloop.curve import curve_table, load_curve
     from gvloop.demo import DemoConfig
     from gvloop.export import RunRecord, export_model
@@ -177,6 +196,7 @@ def up(
     from gvloop.topology import StackTopology
     from services.model_files import DEFAULT_MODEL
     from services.processes import PortInUseError
+    from services.redis_checks import UntrustedRedisError
 
     common = CommonSettings()
     if verbose:
@@ -217,6 +237,12 @@ def up(
         if verifier_function is not None:
             task_env["GVLOOP_VERIFIER_FUNCTION"] = _checked_function(verifier_function)
         model = model or common.model
+    passk = {"passk_n": passk_n, "passk_k": passk_k, "passk_problems": passk_problems}
+    if passk := {name: value for name, value in passk.items() if value is not None}:
+        try:  # a resumed run's too: how it is measured from now on
+            config = DemoConfig.model_validate(config.model_dump() | passk)
+        except ValidationError as exc:
+            _usage_error(exc.errors()[0]["msg"].removeprefix("Value error, "))
     if train is not None:
         try:
             config.load_task()  # a bad file stops the run here, before anything starts
@@ -232,9 +258,10 @@ def up(
     env: dict[str, str] = {}
     curve = None
     interrupted = False
+    data_dir = common.data_dir  # a training run's settings name another below
     try:
         # before anything starts, and on the data dir given: a demo empties <data_dir>/demo
-        with RunLock(common.data_dir):
+        with RunLock(data_dir):
             check_ports(topology)
             if not verbose:
                 # the console shows gvloop's events; its log lines are for when something is off
@@ -254,12 +281,14 @@ def up(
                 run_dir=run_dir,
                 verbose=verbose,
                 resume=resume is not None,
+                status_dir=data_dir,  # beside the lock, where `gvloop status` looks
             )
     except (
         DataDirLockedError,
         PortInUseError,
         ComponentDiedError,
         ComponentNotReadyError,
+        UntrustedRedisError,
     ) as exc:
         typer.echo(f"gvloop up: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -451,15 +480,20 @@ def eval_(
 @app.command()
 def status() -> None:
     """One table of every running component's /health and /metrics (URLs and tokens from the
-    GVLOOP_* settings, as the components read them)."""
+    GVLOOP_* settings, as the components read them), and beside `gvloop up` how often each
+    was restarted; then the Redis' version, eviction policy and persistence, each judged."""
     import asyncio
 
     from rich.console import Console
 
-    from gvloop.status import collect, status_table, targets
+    from gvloop.restarts import RestartRecord
+    from gvloop.status import collect, probe_redis, redis_table, redis_url, status_table, targets
     from gvloop.topology import StackTopology
 
     rows = asyncio.run(collect(targets(StackTopology.from_settings())))
-    Console().print(status_table(rows))
-    if not all(row.healthy for row in rows):
+    redis = asyncio.run(probe_redis(redis_url(CommonSettings())))
+    record = RestartRecord.read(CommonSettings().data_dir)
+    Console().print(status_table(rows, None if record is None else record.components))
+    Console().print(redis_table(redis))
+    if not all(row.healthy for row in rows) or not redis.healthy:
         raise typer.Exit(1)

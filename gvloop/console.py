@@ -16,10 +16,17 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from gvloop.curve import EvalPoint
 from gvloop.runstate import RunState
 from services.spread import Spread
 
-COMPONENT_STYLE = {"starting": "yellow", "ready": "green", "exited": "red", "finished": "blue"}
+COMPONENT_STYLE = {
+    "starting": "yellow",
+    "ready": "green",
+    "exited": "red",
+    "finished": "blue",
+    "restarting": "magenta",
+}
 
 
 class RunConsole(Protocol):
@@ -101,12 +108,27 @@ def swap_line(state: RunState) -> str:
 
 
 def curve_line(state: RunState) -> str:
-    return (
-        " → ".join(
-            f"v{p.version} {100 * p.accuracy:.1f}%±{100 * p.stderr:.1f}" for p in state.curve
-        )
-        or "not measured yet"
-    )
+    return " → ".join(point_text(p) for p in state.curve) or "not measured yet"
+
+
+def point_text(point: EvalPoint) -> str:
+    """`v3 61.0%±4.9`, with `, pass@4 80.0%` once the version's samples are measured."""
+    text = f"v{point.version} {100 * point.accuracy:.1f}%±{100 * point.stderr:.1f}"
+    if point.pass_at_k is not None:
+        text += f", pass@{point.passk_k} {100 * point.pass_at_k:.1f}%"
+    return text
+
+
+def components_text(state: RunState) -> Text:
+    """Each component's state, and how often it was restarted after a crash."""
+    text = Text()
+    for name, component_state in state.components.items():
+        text.append(f"{name} ", style="bold")
+        text.append(component_state, style=COMPONENT_STYLE[component_state])
+        if (restarts := state.restarts.get(name)) is not None:
+            text.append(f", {restarts.summary()}", style="magenta")
+        text.append("  ")
+    return text
 
 
 class PlainConsole:
@@ -166,11 +188,7 @@ class LiveConsole:
         grid = Table.grid(padding=(0, 2))
         grid.add_column(style="bold", no_wrap=True)
         grid.add_column()
-        components = Text()
-        for name, component_state in state.components.items():
-            components.append(f"{name} ", style="bold")
-            components.append(f"{component_state}  ", style=COMPONENT_STYLE[component_state])
-        grid.add_row("components", components)
+        grid.add_row("components", components_text(state))
         grid.add_row("generation", generation_line(state))
         queue_style = "yellow" if state.queue_full else ""
         grid.add_row("queue", Text(queue_line(state), style=queue_style))

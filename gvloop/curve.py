@@ -1,10 +1,13 @@
-"""The demo's curve: held-out accuracy of each served weight version with its binomial
-standard error, and the diversity of what that version sampled; as a table and as a plot."""
+"""The demo's curve: for each served weight version, held-out pass@1 (greedy accuracy, with
+its binomial standard error), pass@k and distinct answers from n samples per held-out problem
+(with their standard errors over problems), and how that version sampled the training
+problems; as a table and as a plot. Definitions: docs/make-run.md, "What the curve measures"."""
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -13,8 +16,8 @@ from services.spread import Spread
 
 
 class EvalPoint(BaseModel):
-    """Held-out accuracy of one served weight version, and how that version sampled the
-    training problems (filled in as its samples come back)."""
+    """Held-out pass@1 (greedy accuracy) and pass@k of one served weight version, and how that
+    version sampled the training problems (filled in as its samples come back)."""
 
     version: int
     at_s: float
@@ -26,16 +29,38 @@ class EvalPoint(BaseModel):
     checkpoint_dir: str | None = None
     """The checkpoint served as this version (None: the base model)."""
     sampled: int = 0
+    """Training samples this version generated (and `sampled_correct` of them right)."""
     sampled_correct: int = 0
     distinct_fraction: float | None = None
-    """Mean fraction of distinct final answers among the n samples of each training problem:
-    1 when every sample answers differently, 1/n when the model has collapsed onto one answer."""
+    """On the training samples: the mean fraction of distinct final answers among the n
+    samples of each training problem: 1 when every sample answers differently, 1/n when the
+    model has collapsed onto one answer."""
+    all_wrong_fraction: float | None = None
+    """On the training samples: the share of training problems none of whose samples was right
+    (the groups the demo's recipe skips)."""
+    all_right_fraction: float | None = None
+    """On the training samples: the share of training problems all of whose samples were right."""
+    # New fields default to None: a curve.json written before them still loads (resumed runs).
+    passk_n: int | None = None
+    """Held-out samples per problem at the training sampling parameters (None: not sampled)."""
+    passk_k: int | None = None
+    passk_problems: int | None = None
+    """Held-out problems sampled: the first ones of the held-out set."""
+    pass_at_k: float | None = None
+    """Held-out pass@k, the unbiased estimator 1 - C(n-c, k) / C(n, k) averaged over the sampled
+    problems (c right of n)."""
+    pass_at_k_stderr: float | None = None
+    heldout_distinct_fraction: float | None = None
+    """On the held-out samples: the mean fraction of distinct final answers among the n samples
+    of each problem."""
+    heldout_distinct_stderr: float | None = None
     swap_stopped_s: float | None = None
     """How long the hot swap that brought this version in stopped generation (None: the base
     model, or not known)."""
 
     @property
     def accuracy(self) -> float:
+        """pass@1: the share of held-out problems answered right greedily."""
         return self.correct / self.problems
 
     @property
@@ -48,6 +73,21 @@ class EvalPoint(BaseModel):
         return self.sampled_correct / self.sampled if self.sampled else None
 
 
+def heldout_summary(point: EvalPoint) -> str:
+    """One evaluated point in a line: `accuracy 61.0% ± 4.9, pass@4 80.0% ± 3.1, 0.45 distinct
+    per problem (100 problems)` (the samples' problems named when fewer were sampled)."""
+    accuracy = f"accuracy {100 * point.accuracy:.1f}% ± {100 * point.stderr:.1f}"
+    if point.pass_at_k is None or point.pass_at_k_stderr is None:
+        return f"{accuracy} ({point.problems} problems)"
+    sampled = (
+        f"pass@{point.passk_k} {100 * point.pass_at_k:.1f}% ± {100 * point.pass_at_k_stderr:.1f}"
+        f", {point.heldout_distinct_fraction:.2f} distinct per problem"
+    )
+    if point.passk_problems == point.problems:
+        return f"{accuracy}, {sampled} ({point.problems} problems)"
+    return f"{accuracy} ({point.problems} problems), {sampled} (first {point.passk_problems})"
+
+
 def load_curve(path: Path) -> list[EvalPoint]:
     """A curve saved as JSON (`curve.json`); empty when there is none yet."""
     if not path.exists():
@@ -55,34 +95,85 @@ def load_curve(path: Path) -> list[EvalPoint]:
     return [EvalPoint.model_validate(row) for row in json.loads(path.read_text())]
 
 
+def passk_label(curve: list[EvalPoint]) -> str:
+    """`pass@4 (n=4)` when every sampled point used the same k and n, else `pass@k`."""
+    sizes = {(p.passk_k, p.passk_n) for p in curve if p.pass_at_k is not None}
+    if len(sizes) != 1:
+        return "pass@k"
+    ((k, n),) = sizes
+    return f"pass@{k} (n={n})"
+
+
+def _accuracy_cell(p: EvalPoint) -> str:
+    if not p.problems:
+        return "not evaluated"
+    return f"{100 * p.accuracy:.1f}% ± {100 * p.stderr:.1f} ({p.problems})"
+
+
+def _pass_at_k_cell(p: EvalPoint, label: str) -> str:
+    if p.pass_at_k is None or p.pass_at_k_stderr is None:
+        return "-"
+    cell = f"{100 * p.pass_at_k:.1f}% ± {100 * p.pass_at_k_stderr:.1f} ({p.passk_problems})"
+    return cell if label != "pass@k" else f"pass@{p.passk_k} n={p.passk_n}: {cell}"
+
+
+def _heldout_distinct_cell(p: EvalPoint) -> str:
+    if p.heldout_distinct_fraction is None or p.heldout_distinct_stderr is None:
+        return "-"
+    return f"{p.heldout_distinct_fraction:.2f} ± {p.heldout_distinct_stderr:.2f}"
+
+
+def _sampled_cell(p: EvalPoint) -> str:
+    return "-" if p.sampled_accuracy is None else f"{100 * p.sampled_accuracy:.0f}%"
+
+
+def _distinct_cell(p: EvalPoint) -> str:
+    return "-" if p.distinct_fraction is None else f"{p.distinct_fraction:.2f}"
+
+
+def _all_wrong_right_cell(p: EvalPoint) -> str:
+    if p.all_wrong_fraction is None or p.all_right_fraction is None:
+        return "-"
+    return f"{100 * p.all_wrong_fraction:.0f}% / {100 * p.all_right_fraction:.0f}%"
+
+
+def _stopped_cell(p: EvalPoint) -> str:
+    return "-" if p.swap_stopped_s is None else f"{p.swap_stopped_s:.2f}s"
+
+
 def curve_table(curve: list[EvalPoint]) -> str:
-    """The curve as a plain-text table (also what the learning benchmark prints)."""
-    lines = [
-        "| version | served from (s of training) | samples fed | held-out accuracy "
-        "| its training samples correct | distinct answers | its swap stopped generation |",
-        "|---|---|---|---|---|---|---|",
+    """The curve as a plain-text table (also what the learning benchmark prints). The columns
+    of the held-out samples (pass@k, distinct) and of the training groups (all wrong / all
+    right) show only when some point has them: a curve without them reads as it always did."""
+    label = passk_label(curve)
+    columns: list[tuple[str, Callable[[EvalPoint], str]]] = [
+        ("version", lambda p: f"v{p.version}"),
+        ("served from (s of training)", lambda p: f"{p.at_s:.0f}"),
+        ("samples fed", lambda p: str(p.samples_fed)),
+        ("held-out accuracy (pass@1)", _accuracy_cell),
     ]
-    for p in curve:
-        sampled = "-" if p.sampled_accuracy is None else f"{100 * p.sampled_accuracy:.0f}%"
-        distinct = "-" if p.distinct_fraction is None else f"{p.distinct_fraction:.2f}"
-        accuracy = (
-            f"{100 * p.accuracy:.1f}% ± {100 * p.stderr:.1f} ({p.problems})"
-            if p.problems
-            else "not evaluated"
-        )
-        stopped = "-" if p.swap_stopped_s is None else f"{p.swap_stopped_s:.2f}s"
-        lines.append(
-            f"| v{p.version} | {p.at_s:.0f} | {p.samples_fed} | {accuracy} | {sampled} "
-            f"| {distinct} | {stopped} |"
-        )
+    if any(p.pass_at_k is not None for p in curve):
+        columns.append((f"held-out {label}", lambda p: _pass_at_k_cell(p, label)))
+        columns.append(("held-out distinct answers", _heldout_distinct_cell))
+    columns.append(("its training samples correct", _sampled_cell))
+    columns.append(("distinct answers (training)", _distinct_cell))
+    if any(p.all_wrong_fraction is not None for p in curve):
+        columns.append(("training problems all wrong / all right", _all_wrong_right_cell))
+    columns.append(("its swap stopped generation", _stopped_cell))
+    lines = [
+        "| " + " | ".join(header for header, _ in columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
+    lines += ["| " + " | ".join(cell(p) for _, cell in columns) + " |" for p in curve]
     if spread := Spread.of([p.swap_stopped_s for p in curve if p.swap_stopped_s is not None]):
         lines.append(f"\nGeneration stopped by the hot swaps: {spread}")
     return "\n".join(lines)
 
 
 def plot_curve(curve: list[EvalPoint], path: Path) -> None:
-    """Held-out accuracy (± 1 standard error) and the distinct-answer ratio, against the
-    samples fed to training (left) and against wall time (right)."""
+    """Held-out pass@1 and pass@k (± 1 standard error) together, and the distinct-answer
+    ratios (held-out samples, training samples), against the samples fed to training (left)
+    and against wall time (right)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on servers and in CI
@@ -93,27 +184,44 @@ def plot_curve(curve: list[EvalPoint], path: Path) -> None:
         "samples fed to training": [p.samples_fed for p in curve],
         "minutes of training": [p.at_s / 60 for p in curve],
     }
-    for ax, (label, x) in zip(axes, xs.items(), strict=True):
+    label = passk_label(curve)
+    for ax, (x_label, x) in zip(axes, xs.items(), strict=True):
         ax.errorbar(
             x,
             [100 * p.accuracy for p in curve],
             yerr=[100 * p.stderr for p in curve],
             marker="o",
             capsize=3,
-            label="held-out accuracy (± 1 s.e.)",
+            label="pass@1, greedy (± 1 s.e.)",
         )
-        ax.set_xlabel(label)
+        passk = [
+            (v, 100 * p.pass_at_k, 100 * p.pass_at_k_stderr)
+            for v, p in zip(x, curve, strict=True)
+            if p.pass_at_k is not None and p.pass_at_k_stderr is not None
+        ]
+        if passk:
+            v, y, err = zip(*passk, strict=True)
+            ax.errorbar(v, y, yerr=err, marker="^", capsize=3, color="tab:green", label=label)
+        ax.set_xlabel(x_label)
         ax.set_ylim(0, 100)
-        diverse = [(v, p.distinct_fraction) for v, p in zip(x, curve, strict=True)]
-        diverse = [(v, d) for v, d in diverse if d is not None]
-        if diverse:
-            right = ax.twinx()
-            right.plot(*zip(*diverse, strict=True), "s--", color="tab:orange", label="distinct")
+        diversity = [
+            ("distinct_fraction", "s--", "tab:orange", "distinct (training)"),
+            ("heldout_distinct_fraction", "d:", "tab:purple", "distinct (held-out)"),
+        ]
+        right = None
+        for field, style, color, name in diversity:
+            points = [(v, getattr(p, field)) for v, p in zip(x, curve, strict=True)]
+            points = [(v, d) for v, d in points if d is not None]
+            if not points:
+                continue
+            right = right or ax.twinx()
+            right.plot(*zip(*points, strict=True), style, color=color, label=name)
+        if right is not None:
             right.set_ylabel("distinct answers per problem (fraction)")
             right.set_ylim(0, 1.05)
             right.legend(loc="lower right")
         ax.legend(loc="upper left")
-    axes[0].set_ylabel("held-out accuracy (%)")
+    axes[0].set_ylabel("held-out problems solved (%)")
     fig.suptitle("gvloop: agent A on held-out problems, at each served weight version")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

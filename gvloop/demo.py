@@ -2,13 +2,16 @@
 and measure agent A on held-out problems before training and after every hot swap.
 
 Three parts: the feeders (`gvloop/feeding.py`) post training problems; the held-out set
-(`gvloop/heldout.py`) is answered greedily by each served version and graded as the loop's
-samples are, with a binomial standard error; the `Demo` here runs them together, watches the
-served version, and tells the run state (what the console shows) what happens. Diversity
-costs no extra generation: it is measured on the training samples each version generates, as
-the mean fraction of distinct final answers among the n samples of a problem (a loop
-collapsing onto one answer per problem drives it towards 1/n). The curve is saved as
-`curve.json` and `curve.png` in the run directory after every point.
+(`gvloop/heldout.py`) is answered greedily by each served version (pass@1, with a binomial
+standard error) and sampled n times per problem at the training sampling (pass@k and distinct
+answers, with standard errors over problems), graded as the loop's samples are; the `Demo`
+here runs them together, watches the served version, and tells the run state (what the
+console shows) what happens. The training stream's diversity costs no extra generation: it is
+measured on the training samples each version generates, as the mean fraction of distinct
+final answers among the n samples of a problem (a loop collapsing onto one answer per problem
+drives it towards 1/n), with the shares of problems all of whose samples were wrong, and
+right. The curve is saved as `curve.json` and `curve.png` in the run directory after every
+point (docs/make-run.md, "What the curve measures").
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from gvloop.curve import EvalPoint, load_curve, plot_curve
+from gvloop.curve import EvalPoint, heldout_summary, load_curve, plot_curve
 from gvloop.feeding import FeedConfig, Feeder, FeedProgress
 from gvloop.heldout import HeldOut
 from gvloop.problems import PROBLEM_SETS, TaskKeys, load_problems, overlap
@@ -37,6 +40,12 @@ logger = logging.getLogger(__name__)
 
 # a resumed trainer publishes its checkpoint as soon as it has loaded it
 RESUMED_SWAP_TIMEOUT_S = 900.0
+
+# Held-out problems sampled for pass@k by default (the first ones). On the 2-core machine with
+# the default model and the engine serving nothing else, one version's 100 greedy answers took
+# 20 s, 4 samples of 25, 50 or 100 problems another 23, 45 or 84 s: 50 keeps pass@4's
+# standard error within about 7 points for about twice the greedy evaluation's decoding.
+PASSK_PROBLEMS = 50
 
 
 # The trainer recipe the learning benchmark chose (bench/bench_learning.py; README, "The
@@ -57,6 +66,14 @@ class DemoConfig(FeedConfig):
     keys: TaskKeys = TaskKeys()
     heldout_size: int = Field(default=100, ge=1)
     eval_max_tokens: int = 48
+    """Of each greedy held-out answer (the samples take `sampling`'s, the training ones')."""
+    passk_n: int = Field(default=4, ge=0)
+    """Held-out samples per problem for pass@k and distinct answers, drawn with the training
+    samples' `sampling` in one request per problem; 0: no sampled evaluation (pass@1 only)."""
+    passk_k: int = Field(default=4, ge=1)
+    """The k of pass@k, at most `passk_n`."""
+    passk_problems: int | None = Field(default=PASSK_PROBLEMS, ge=1)
+    """Held-out problems sampled, the first ones (None: every one of `heldout_size`)."""
     live_eval: bool = True
     """Evaluate each version on the engine as it comes; False: only record when each began to
     be served, and its checkpoint (the learning benchmark evaluates those afterwards, off the
@@ -65,6 +82,15 @@ class DemoConfig(FeedConfig):
     time_budget_s: float = Field(
         default=900.0, gt=0, description="Seconds of training: feeding stops after this."
     )
+
+    @model_validator(mode="after")
+    def _passk_n_at_least_k(self) -> DemoConfig:
+        if self.passk_n and self.passk_n < self.passk_k:
+            raise ValueError(
+                f"passk_n ({self.passk_n}) must be at least passk_k ({self.passk_k}): pass@k "
+                "needs k samples per problem (or passk_n 0: no sampled evaluation)"
+            )
+        return self
 
     def load_task(self) -> tuple[list[ProblemIn], list[ProblemIn]]:
         """The training and held-out problems (ProblemFileError names a bad file's row and
@@ -132,6 +158,10 @@ class Demo:
             out_dir,
             config.system_prompt,
             config.eval_max_tokens,
+            sampling=config.sampling,
+            passk_n=config.passk_n,
+            passk_k=config.passk_k,
+            passk_problems=config.passk_problems,
         )
         progress_file = out_dir / "progress.json"
         # The feeders' own client does not retry: a full queue is a state they wait out, not
@@ -241,19 +271,36 @@ class Demo:
     async def evaluate(
         self, model: str, point: EvalPoint, curve: list[EvalPoint] | None = None
     ) -> EvalPoint:
-        """`point` with the held-out accuracy of its version."""
+        """`point` with the held-out accuracy (pass@1) of its version, and its pass@k and
+        distinct answers from samples."""
         version = point.version
         problems = len(self.heldout.problems)
         self.state.phase = f"evaluating v{version} on {problems} held-out problems"
         correct = await self.heldout.correct(model, version)
         point = point.model_copy(update={"problems": problems, "correct": correct})
+        if self.heldout.passk_n:
+            sampled_problems = len(self.heldout.sampled_problems)
+            self.state.phase = (
+                f"sampling v{version}: {self.heldout.passk_n} answers to each of "
+                f"{sampled_problems} held-out problems"
+            )
+        if sampled := await self.heldout.sample(model, version):
+            point = point.model_copy(
+                update={
+                    "passk_n": sampled.n,
+                    "passk_k": sampled.k,
+                    "passk_problems": sampled.problems,
+                    "pass_at_k": sampled.pass_at_k.value,
+                    "pass_at_k_stderr": sampled.pass_at_k.stderr,
+                    "heldout_distinct_fraction": sampled.distinct.value,
+                    "heldout_distinct_stderr": sampled.distinct.stderr,
+                }
+            )
         logger.info(
-            "held-out v%d, served from %.0fs of training: accuracy %.1f%% ± %.1f (%d problems)%s",
+            "held-out v%d, served from %.0fs of training: %s%s",
             version,
             point.at_s,
-            100 * point.accuracy,
-            100 * point.stderr,
-            point.problems,
+            heldout_summary(point),
             self._previous_version_note(curve),
         )
         if curve is not None:
@@ -278,7 +325,9 @@ class Demo:
         return (
             f"; v{curve[-1].version} sampled {stats.samples} training answers, "
             f"{100 * stats.correct / stats.samples:.0f}% correct, "
-            f"{stats.distinct_sum / stats.problems:.2f} distinct per problem"
+            f"{stats.distinct_sum / stats.problems:.2f} distinct per problem, "
+            f"{100 * stats.all_wrong / stats.problems:.0f}% of problems all wrong, "
+            f"{100 * stats.all_right / stats.problems:.0f}% all right"
         )
 
     def _attach_sample_stats(self, curve: list[EvalPoint]) -> None:
@@ -290,6 +339,8 @@ class Demo:
                 point.sampled = stats.samples
                 point.sampled_correct = stats.correct
                 point.distinct_fraction = stats.distinct_sum / stats.problems
+                point.all_wrong_fraction = stats.all_wrong / stats.problems
+                point.all_right_fraction = stats.all_right / stats.problems
 
     def _training_s(self) -> float:
         """Seconds of training of the run, a resumed run's earlier ones included."""

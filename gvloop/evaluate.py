@@ -8,7 +8,8 @@
 - distinct: the fraction of distinct final answers among a problem's n samples (1/n: all the
   same; a loop collapsing onto one answer drives it down).
 
-Each with its standard error over problems. Answers are graded by the verifier's own code in
+Each with its standard error over problems (the formulas: `gvloop/metrics.py`, shared with
+every point of a run's curve). Answers are graded by the verifier's own code in
 this process, as the loop grades its samples: the rules against the reference answer, or the
 user's verifier function. A model directory answers through transformers in this process
 (`gvloop/hf_generation.py`, the naive loop's evaluator too); a running generator through its
@@ -18,10 +19,8 @@ OpenAI-compatible API, so its served version is what is measured.
 from __future__ import annotations
 
 import asyncio
-import math
 from collections import Counter
 from collections.abc import Sequence
-from math import comb
 from pathlib import Path
 from typing import Protocol
 
@@ -31,6 +30,7 @@ from pydantic import BaseModel, Field, model_validator
 from agent_b.metrics import VerifierMetrics
 from agent_b.scoring import Verifier, setup_verifier
 from agent_b.settings import VerifierSettings
+from gvloop.metrics import Metric, distinct_fraction, pass_at_k
 from services.clients import bearer
 from services.schemas import ProblemIn, VerifyResponse
 
@@ -57,20 +57,6 @@ class EvalConfig(BaseModel):
         return self.n or self.k
 
 
-class Metric(BaseModel):
-    value: float
-    stderr: float
-
-    @classmethod
-    def mean_of(cls, values: Sequence[float]) -> Metric:
-        """The mean with its standard error (sample standard deviation / sqrt(count))."""
-        mean = sum(values) / len(values)
-        if len(values) < 2:
-            return cls(value=mean, stderr=0.0)
-        variance = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
-        return cls(value=mean, stderr=math.sqrt(variance / len(values)))
-
-
 class EvalReport(BaseModel):
     model: str
     heldout: str
@@ -84,13 +70,6 @@ class EvalReport(BaseModel):
     distinct: Metric
     grader: str
     """How answers were graded: 'rules' or the verifier function's name."""
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """The unbiased estimator of P(at least one of k samples is right) from c right of n."""
-    if n - c < k:
-        return 1.0
-    return 1.0 - comb(n - c, k) / comb(n, k)
 
 
 def majority_right(verdicts: Sequence[VerifyResponse]) -> bool:
@@ -204,7 +183,7 @@ async def evaluate(
         Metric.mean_of([pass_at_k(n, c, k) for c in right]),
         Metric.mean_of([float(majority_right(group[:k])) for group in sampled_verdicts]),
         Metric.mean_of(
-            [len({v.extracted_answer for v in group}) / n for group in sampled_verdicts]
+            [distinct_fraction([v.extracted_answer for v in group]) for group in sampled_verdicts]
         ),
     )
 

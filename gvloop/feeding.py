@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from gvloop.metrics import distinct_fraction
 from gvloop.runstate import RunState
 from services.clients import GeneratorClient, ServiceError, ServiceUnavailableError
 from services.queue import SampleQueue
@@ -65,18 +66,26 @@ class FeedProgress(BaseModel):
 
 @dataclass
 class SampleStats:
-    """How one weight version sampled the training problems."""
+    """How one weight version sampled the training problems. A problem whose samples came
+    from two versions (a swap during its request) counts once for each, with its samples of
+    that version."""
 
     samples: int = 0
     correct: int = 0
     problems: int = 0
     distinct_sum: float = 0.0
+    all_wrong: int = 0
+    """Problems none of whose samples was right."""
+    all_right: int = 0
+    """Problems all of whose samples were right."""
 
     def add(self, answers: list[str | None], correct: int) -> None:
         self.samples += len(answers)
         self.correct += correct
         self.problems += 1
-        self.distinct_sum += len(set(answers)) / len(answers)
+        self.distinct_sum += distinct_fraction(answers)
+        self.all_wrong += correct == 0
+        self.all_right += correct == len(answers)
 
 
 class Feeder:

@@ -1,7 +1,10 @@
 """Runs the services as local processes: one child per component, its whole output kept in a
-log file of its own (and echoed, prefixed with its name, when asked), health waited for in
-order, and every child's process group stopped when one dies or on Ctrl-C, saying which died and
-why.
+log file of its own (and echoed, prefixed with its name, when asked), health waited for, and
+every child's process group stopped when one dies or on Ctrl-C, saying which died and why.
+
+With restart settings, a component that dies once it has been ready is restarted instead,
+after a wait that doubles with each crash (as docker compose restarts it), while the others
+serve on; only more crashes within the window than the settings allow stop everything.
 
 Each child dies with the launcher, however the launcher dies (a parent-death signal), and a
 health answer counts only when it comes from that child: a stale or foreign server on the same
@@ -26,9 +29,13 @@ from typing import Literal
 
 import httpx
 
+from gvloop.restarts import Restart, RestartSettings
 from services.processes import INSTANCE_ENV, die_with_parent, in_use_by, serves_port
 
 logger = logging.getLogger(__name__)
+
+HEALTH_TIMEOUT_S = 5.0
+HEALTH_POLL_S = 1.0
 
 
 def free_ports(count: int) -> list[int]:
@@ -41,9 +48,10 @@ def free_ports(count: int) -> list[int]:
 
 
 class ComponentDiedError(RuntimeError):
-    def __init__(self, name: str, returncode: int, tail: list[str]) -> None:
+    def __init__(self, name: str, returncode: int, tail: list[str], why: str = "") -> None:
+        """`why`: after the code, why it is not restarted (nothing when restarts are off)."""
         last = "\n".join(f"    {line}" for line in tail[-15:])
-        super().__init__(f"{name} exited with code {returncode}; its last lines:\n{last}")
+        super().__init__(f"{name} exited with code {returncode}{why}; its last lines:\n{last}")
         self.name = name
         self.returncode = returncode
 
@@ -76,15 +84,27 @@ class Component:
 
 @dataclass
 class _Running:
+    """A component's place in the launcher: the process now running it (a restart replaces
+    it), and the component's crashes."""
+
     component: Component
     instance: str
     process: subprocess.Popen[str]
     tail: deque[str]
+    """The last lines of every process that ran it, oldest first."""
     pump: threading.Thread
+    started: float
+    """time.monotonic() at this process' start: its ready_timeout_s counts from here."""
     ready: bool = False
+    served: bool = False
+    """Ready at least once: from then on a death is a crash to restart, not a failed start."""
+    crashes: deque[float] = field(default_factory=deque)
+    """time.monotonic() of each crash within the restart window."""
+    restart_at: float | None = None
+    """time.monotonic() at which it is restarted; None while a process runs it."""
 
 
-ComponentState = Literal["starting", "ready", "exited", "finished"]
+ComponentState = Literal["starting", "ready", "exited", "finished", "restarting"]
 
 
 class Launcher:
@@ -93,12 +113,18 @@ class Launcher:
         log_dir: Path,
         echo: bool = True,
         on_state: Callable[[str, ComponentState], None] | None = None,
+        restart: RestartSettings | None = None,
+        on_restart: Callable[[Restart], None] | None = None,
     ) -> None:
         """`echo`: copy each child's lines to stdout, prefixed; `on_state(name, state)`: told
-        when a component starts, becomes ready and exits (a console shows it)."""
+        when a component starts, becomes ready, exits or waits to restart (a console shows
+        it). `restart`: when a component that dies is restarted (None: never, a death stops
+        everything); `on_restart`: told of each restart, after `on_state`'s `restarting`."""
         self.log_dir = log_dir
         self.echo = echo
         self.on_state = on_state
+        self.restart = restart
+        self.on_restart = on_restart
         self.running: list[_Running] = []
         self.finished: set[str] = set()
         """Components that exited with their work done (`may_finish`)."""
@@ -107,6 +133,18 @@ class Launcher:
 
     def start(self, component: Component) -> None:
         """Start a component; `wait_ready` then waits for its health."""
+        tail: deque[str] = deque(maxlen=200)
+        self._width = max(self._width, len(component.name))
+        instance, process, pump = self._spawn(component, tail)
+        self.running.append(
+            _Running(component, instance, process, tail, pump, started=time.monotonic())
+        )
+
+    def _spawn(
+        self, component: Component, tail: deque[str]
+    ) -> tuple[str, subprocess.Popen[str], threading.Thread]:
+        """A new process of `component`, with an instance id of its own, its lines going to
+        `tail` and appended to its log file."""
         instance = secrets.token_hex(8)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **component.env, INSTANCE_ENV: instance}
         process = subprocess.Popen(
@@ -121,36 +159,96 @@ class Launcher:
             start_new_session=True,  # its own process group, so stopping it stops its children
             preexec_fn=die_with_parent(),
         )
-        tail: deque[str] = deque(maxlen=200)
-        self._width = max(self._width, len(component.name))
         pump = threading.Thread(
             target=self._pump, args=(component.name, process, tail), daemon=True
         )
         pump.start()
-        self.running.append(_Running(component, instance, process, tail, pump))
         logger.info(
             "started %s (pid %d): %s", component.name, process.pid, " ".join(component.command)
         )
         self._tell(component.name, "starting")
+        return instance, process, pump
 
     def wait_ready(self) -> None:
-        """Wait for every started component's health URL; a death or a timeout raises."""
-        for run in self.running:
-            self._wait_healthy(run)
+        """Wait until every started component is healthy (or done, `may_finish`); a death not
+        restarted, a timeout or a foreign server raises."""
+        while True:
+            self.check()
+            if all(run.ready or run.component.name in self.finished for run in self.running):
+                return
+            time.sleep(HEALTH_POLL_S)
 
     def check(self) -> None:
-        """Raise ComponentDiedError if any component has exited, but for one whose work is
-        done (`may_finish`, status 0)."""
+        """One look at every component, never blocking for long: raise ComponentDiedError for
+        one that exited, unless its work is done (`may_finish`, status 0) or the restart
+        settings let it be restarted once its backoff has passed; announce each that answers
+        its health URL, raising for one past its ready_timeout_s or answered by a foreign
+        server."""
         for run in self.running:
+            if run.restart_at is not None:
+                if time.monotonic() >= run.restart_at:
+                    self._restart(run)
+                continue
             code = run.process.poll()
             if code == 0 and run.component.may_finish:
                 if run.component.name not in self.finished:
                     self.finished.add(run.component.name)
                     self._tell(run.component.name, "finished")
             elif code is not None:
-                run.pump.join(timeout=2)
-                self._tell(run.component.name, "exited")
-                raise ComponentDiedError(run.component.name, code, list(run.tail))
+                self._died(run, code)
+            elif not run.ready:
+                self._probe(run)
+
+    def _died(self, run: _Running, code: int) -> None:
+        """Schedule the restart of a component that exited, or raise ComponentDiedError."""
+        name = run.component.name
+        # what it left in its group (vLLM's engine core) would hold its port and memory
+        _signal_group(run.process, signal.SIGKILL)
+        run.pump.join(timeout=2)
+        run.ready = False
+        now, at = time.monotonic(), time.time()
+        settings = self.restart
+        if settings is None or settings.max == 0:
+            self._tell(name, "exited")
+            raise ComponentDiedError(name, code, list(run.tail))
+        if not run.served:
+            self._tell(name, "exited")
+            # a restart would most likely die the same way (a bad setting, a port taken)
+            raise ComponentDiedError(
+                name, code, list(run.tail), " before it was ever ready: not restarted"
+            )
+        run.crashes.append(now)
+        while run.crashes[0] < now - settings.window_s:
+            run.crashes.popleft()
+        crash = len(run.crashes)
+        if crash > settings.max:
+            self._tell(name, "exited")
+            raise ComponentDiedError(
+                name,
+                code,
+                list(run.tail),
+                f" (crash {crash} in {settings.window_s:g} s, over GVLOOP_RESTART_MAX="
+                f"{settings.max}): not restarted",
+            )
+        restart = Restart(
+            component=name,
+            returncode=code,
+            at=at,
+            crash=crash,
+            max=settings.max,
+            window_s=settings.window_s,
+            delay_s=settings.delay_s(crash),
+        )
+        logger.warning("%s", restart.line)
+        run.restart_at = now + restart.delay_s
+        self._tell(name, "restarting")
+        if self.on_restart is not None:
+            self.on_restart(restart)
+
+    def _restart(self, run: _Running) -> None:
+        run.instance, run.process, run.pump = self._spawn(run.component, run.tail)
+        run.started = time.monotonic()
+        run.restart_at = None
 
     def stop_all(self) -> None:
         """SIGTERM every process group (last started first), SIGKILL what outlives its
@@ -176,39 +274,35 @@ class Launcher:
         if self.on_state is not None:
             self.on_state(name, state)
 
-    def _wait_healthy(self, run: _Running) -> None:
-        # wait_ready runs again after every start: a component is announced ready only once
-        if run.ready:
-            return
+    def _probe(self, run: _Running) -> None:
+        """One look at a component's health URL: announce it ready on a 200 from its own
+        child, raise once its ready_timeout_s has passed without one."""
         component = run.component
-        if component.health_url is None:
-            run.ready = True
-            self._tell(component.name, "ready")
-            return
-        started = time.monotonic()
-        deadline = started + component.ready_timeout_s
-        cause = "no answer yet"
-        with httpx.Client(timeout=5.0) as client:
-            while time.monotonic() < deadline:
-                self.check()
-                try:
-                    response = client.get(component.health_url)
-                    if response.status_code == 200:
-                        self._check_identity(run, response)
-                        logger.info(
-                            "%s healthy after %.1fs", component.name, time.monotonic() - started
-                        )
-                        run.ready = True
-                        self._tell(component.name, "ready")
-                        return
-                    cause = f"HTTP {response.status_code}"
-                except httpx.TransportError as exc:
-                    cause = type(exc).__name__
-                time.sleep(1.0)
-        raise ComponentNotReadyError(
-            f"{component.name} not healthy at {component.health_url} after "
-            f"{component.ready_timeout_s:.0f}s ({cause}); see {self.log_dir / component.name}.log"
-        )
+        if component.health_url is not None:
+            cause = self._unhealthy(run)
+            if cause is not None:
+                if time.monotonic() - run.started > component.ready_timeout_s:
+                    raise ComponentNotReadyError(
+                        f"{component.name} not healthy at {component.health_url} after "
+                        f"{component.ready_timeout_s:.0f}s ({cause}); see "
+                        f"{self.log_dir / component.name}.log"
+                    )
+                return
+            logger.info("%s healthy after %.1fs", component.name, time.monotonic() - run.started)
+        run.ready = run.served = True
+        self._tell(component.name, "ready")
+
+    def _unhealthy(self, run: _Running) -> str | None:
+        """Why the health URL does not answer for the component; None when it does."""
+        assert run.component.health_url is not None
+        try:
+            response = httpx.get(run.component.health_url, timeout=HEALTH_TIMEOUT_S)
+        except httpx.TransportError as exc:
+            return type(exc).__name__
+        if response.status_code != 200:
+            return f"HTTP {response.status_code}"
+        self._check_identity(run, response)
+        return None
 
     def _check_identity(self, run: _Running, response: httpx.Response) -> None:
         """Raise ForeignServiceError unless `response` comes from `run`'s child."""

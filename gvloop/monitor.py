@@ -96,6 +96,8 @@ class Monitor:
             values = {"heldout/accuracy": point.accuracy, "heldout/stderr": point.stderr}
             if point.distinct_fraction is not None:
                 values["heldout/distinct_fraction"] = point.distinct_fraction
+            if point.pass_at_k is not None:
+                values[f"heldout/pass_at_{point.passk_k}"] = point.pass_at_k
             self.tensorboard.scalars(self.tensorboard.step, values)
         self._points_written = len(self.state.curve)
 

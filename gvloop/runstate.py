@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gvloop.curve import EvalPoint
+from gvloop.curve import EvalPoint, heldout_summary
 from gvloop.launcher import ComponentState
+from gvloop.restarts import ComponentRestarts, Restart
 from services.queue import QueueStats
 
 
@@ -27,6 +28,10 @@ class RunState:
     phase: str = "starting"
     components: dict[str, ComponentState] = field(default_factory=dict)
     ready_after_s: dict[str, float] = field(default_factory=dict)
+    restarts: dict[str, ComponentRestarts] = field(default_factory=dict)
+    """The components the launcher restarted, and how often."""
+    restarted_at: dict[str, float] = field(default_factory=dict)
+    """The clock at each component's last restart."""
     # generation, as the demo's feeders saw it, and as the generator counts it
     fed: int = 0
     fed_correct: int = 0
@@ -57,7 +62,10 @@ class RunState:
     def component(self, name: str, state: ComponentState) -> None:
         """The launcher's `on_state`."""
         self.components[name] = state
-        if state == "ready":
+        if state == "ready" and name in self.restarted_at:
+            again_s = self.clock() - self.restarted_at[name]
+            self.event(f"{name} ready again, {again_s:.0f}s after it exited")
+        elif state == "ready":
             self.ready_after_s[name] = self.clock() - self.started
             self.event(f"{name} ready after {self.ready_after_s[name]:.0f}s")
         elif state == "finished":
@@ -65,12 +73,22 @@ class RunState:
         elif state == "exited":
             self.event(f"{name} exited: see {self.run_dir / 'logs' / name}.log")
 
+    def restarted(self, restart: Restart) -> None:
+        """The launcher's `on_restart`."""
+        before = self.restarts.get(restart.component)
+        self.restarts[restart.component] = ComponentRestarts(
+            count=before.count + 1 if before else 1,
+            last_returncode=restart.returncode,
+            last_at=restart.at,
+        )
+        self.restarted_at[restart.component] = self.clock()
+        self.event(restart.line)
+
     def held_out(self, point: EvalPoint) -> None:
         self.curve.append(point)
         self.event(
-            f"held-out v{point.version}: {100 * point.accuracy:.1f}% ± {100 * point.stderr:.1f} "
-            f"({point.problems} problems), served from {point.at_s:.0f}s of training, "
-            f"{point.samples_fed} samples fed by then"
+            f"held-out v{point.version}: {heldout_summary(point)}, served from "
+            f"{point.at_s:.0f}s of training, {point.samples_fed} samples fed by then"
         )
 
     @property

@@ -7,12 +7,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import shutil
 import sys
 import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
+
+from redis.exceptions import RedisError
 
 from agent_a.settings import EngineSettings
 from agent_a.vllm_command import engine_command
@@ -21,10 +24,12 @@ from gvloop.curve import EvalPoint
 from gvloop.demo import DEMO_RECIPE, Demo, DemoConfig
 from gvloop.launcher import Component, Launcher
 from gvloop.monitor import Monitor
+from gvloop.restarts import Restart, RestartRecord, RestartSettings
 from gvloop.runstate import RunState
 from gvloop.topology import StackTopology, local_host
 from services.model_files import DEFAULT_MODEL, prepare_default_model
 from services.queue import open_queue
+from services.redis_checks import UntrustedRedisError, check_redis, redacted
 from services.redis_server import ensure_redis
 from services.settings import CommonSettings
 
@@ -167,13 +172,17 @@ def run_stack(
     verbose: bool = True,
     interactive: bool | None = None,
     resume: bool = False,
+    status_dir: Path | None = None,
 ) -> list[EvalPoint] | None:
-    """Start everything, then either run the demo and stop, or serve until Ctrl-C.
+    """Start everything, then either run the demo and stop, or serve until Ctrl-C; a
+    component that crashes is restarted as the GVLOOP_RESTART_* settings say.
 
     Each component's output goes to `<run_dir>/logs/<name>.log`. `verbose`: echoed to stdout
     too, prefixed, with gvloop's own events as log lines; otherwise the console shows gvloop's
     events alone (a live panel on a terminal, or plain lines; `interactive` overrides which).
-    `resume`: the demo goes on from the curve and feeding progress saved in `run_dir`."""
+    `resume`: the demo goes on from the curve and feeding progress saved in `run_dir`.
+    `status_dir`: where `gvloop status` reads the components' restarts while the run goes on
+    (the data directory `gvloop up` locks); None: nowhere."""
     run_dir = run_dir or new_run_dir(common.data_dir, "demo" if demo is not None else None)
     state = RunState(run_dir, budget_s=demo.time_budget_s if demo else None)
     console = None if verbose else open_console(state, interactive)
@@ -182,7 +191,9 @@ def run_stack(
     else:
         console.start()
     try:
-        return _run(common, model, topology, demo, env or {}, state, console, verbose, resume)
+        return _run(
+            common, model, topology, demo, env or {}, state, console, verbose, resume, status_dir
+        )
     finally:
         if console is not None:
             console.stop()
@@ -198,6 +209,7 @@ def _run(
     console: RunConsole | None,
     verbose: bool,
     resume: bool,
+    status_dir: Path | None,
 ) -> list[EvalPoint] | None:
     from trainer.settings import TrainerSettings
 
@@ -209,9 +221,34 @@ def _run(
     env = {"GVLOOP_TRAINER_METRICS_FILE": str(trainer_jsonl), **env}
     seen = trainer_jsonl.stat().st_size if trainer_jsonl.exists() else 0  # a resumed run's
     monitor: Monitor | None = None
+
+    def restarted(restart: Restart) -> None:
+        state.restarted(restart)
+        if status_dir is not None:
+            RestartRecord(pid=os.getpid(), components=state.restarts).save(status_dir)
+
     try:
+        # before any component starts: an evicting or too old Redis stops the run here
+        try:
+            guarantees = asyncio.run(check_redis(redis_url, common.redis_timeout_s))
+        except RedisError as exc:
+            raise UntrustedRedisError(
+                f"Redis at {redacted(redis_url)} does not answer ({exc}): start it, or set "
+                "GVLOOP_REDIS_URL to one that runs"
+            ) from exc
+        if console is not None:  # the log goes to a file then: say it where it is read
+            for warning in guarantees.warnings:
+                state.event(f"warning: {warning}")
+        if status_dir is not None:  # no restart yet: status shows 0 for each component
+            RestartRecord(pid=os.getpid()).save(status_dir)
         log_dir = state.run_dir / "logs"
-        with Launcher(log_dir, echo=verbose, on_state=state.component) as launcher:
+        with Launcher(
+            log_dir,
+            echo=verbose,
+            on_state=state.component,
+            restart=RestartSettings(),
+            on_restart=restarted,
+        ) as launcher:
             env = {**topology.client_env(), **env}
             components = local_components(model_path, redis_url, common.data_dir, topology, env)
             state.phase = "starting components"
@@ -246,6 +283,8 @@ def _run(
             monitor.finish()
         if embedded is not None:
             embedded.stop()
+        if status_dir is not None:
+            RestartRecord.remove(status_dir)
 
 
 async def _supervise(

@@ -48,9 +48,14 @@ def redis_executable() -> str:
 class EmbeddedRedis:
     """A private Redis server in `data_dir`, started and stopped by this process."""
 
-    def __init__(self, data_dir: Path, appendfsync: str = "always") -> None:
+    def __init__(
+        self, data_dir: Path, appendfsync: str = "always", extra_config: tuple[str, ...] = ()
+    ) -> None:
+        """`extra_config`: redis.conf lines after gvloop's own (the last of a setting wins),
+        e.g. a setting gvloop refuses, for the tests that show it does."""
         self.data_dir = data_dir.resolve()
         self.appendfsync = appendfsync
+        self.extra_config = extra_config
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -83,8 +88,10 @@ class EmbeddedRedis:
                     "appendonly yes",
                     f"appendfsync {self.appendfsync}",
                     'save ""',
+                    "maxmemory-policy noeviction",
                     "logfile redis.log",
                     "daemonize no",
+                    *self.extra_config,
                 ]
             )
             + "\n"

@@ -4,13 +4,17 @@ Each holds an HF safetensors model and its tokenizer (what agent A loads), `trai
 (the optimizer state) and `trainer_state.json` (step, weight version, and the stream ids of the
 samples this checkpoint commits). A checkpoint is written into a hidden temporary directory,
 fsynced, then renamed into place: a directory named `step_<N>` is always complete, so a trainer
-killed while writing leaves only a temporary directory, removed on the next start.
+killed while writing leaves only a temporary directory, removed on the next start. A write the
+file system refuses (disk full, over quota, over a file size limit, any OS error) removes its
+temporary directory at once and raises `CheckpointWriteError`: the newest `step_<N>` stays the
+newest complete checkpoint, and the trainer (`trainer.ckpt_failures`) tries again later.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +32,30 @@ PREFIX = "step_"
 TMP_PREFIX = ".tmp-"
 STATE_JSON = "trainer_state.json"
 STATE_PT = "trainer_state.pt"
+# what safetensors and tokenizers (Rust) put in the message of the error they raise for an OSError
+RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint the file system would not take; nothing of it is left on disk. `errno` and
+    `strerror` are the OS error's, `filename` the checkpoint root."""
+
+
+def os_errno(exc: BaseException) -> int | None:
+    """The errno of the OS error behind `exc`, if any: an OSError in its cause or context chain
+    (torch.save wraps the OSError of a file object's write in a RuntimeError), or `(os error N)`
+    in a message (safetensors' and tokenizers' errors carry no errno)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno is not None:
+            return current.errno
+        match = RUST_OS_ERROR.search(str(current))
+        if match:
+            return int(match.group(1))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 class TrainerState(BaseModel):
@@ -83,20 +111,31 @@ def save_checkpoint(
     state: TrainerState,
 ) -> Path:
     """Write `step_<N>` completely, then make it appear at once; returns its path. The state
-    dicts are full ones (`trainer.distributed.full_state_dicts`); `model` gives the config."""
+    dicts are full ones (`trainer.distributed.full_state_dicts`); `model` gives the config.
+    Raises CheckpointWriteError, with nothing written left behind, if the file system fails."""
     final = checkpoint_dir(root, state.step)
     if final.exists():
         raise FileExistsError(f"checkpoint {final} exists: resume should have started after it")
     tmp = root / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, state_dict=model_state, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    torch.save({"optimizer": optimizer_state}, tmp / STATE_PT)
-    # the JSON last: it names the samples this checkpoint commits
-    (tmp / STATE_JSON).write_text(state.model_dump_json(indent=1))
-    _fsync_tree(tmp)
-    tmp.rename(final)
+    try:
+        tmp.mkdir(parents=True)
+        model.save_pretrained(tmp, state_dict=model_state, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        # through a Python file: torch.save to a path reports a failed write without its errno
+        with (tmp / STATE_PT).open("wb") as out:
+            torch.save({"optimizer": optimizer_state}, out)
+        # the JSON last: it names the samples this checkpoint commits
+        (tmp / STATE_JSON).write_text(state.model_dump_json(indent=1))
+        _fsync_tree(tmp)
+        tmp.rename(final)
+    except BaseException as exc:
+        # the partial files would hold the space that a later try needs
+        shutil.rmtree(tmp, ignore_errors=True)
+        code = os_errno(exc) if isinstance(exc, Exception) else None
+        if code is None:
+            raise
+        raise CheckpointWriteError(code, os.strerror(code), str(root)) from exc
     _fsync_dir(root)
     return final
 

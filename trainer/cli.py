@@ -31,6 +31,7 @@ def run(
 
     from services.logs import setup_logging
     from services.processes import exit_if_port_in_use
+    from services.redis_checks import UntrustedRedisError
     from services.settings import CommonSettings
     from trainer.settings import TrainerSettings
     from trainer.train import run as run_worker
@@ -60,3 +61,5 @@ def run(
         asyncio.run(run_worker(cfg, common))
     except KeyboardInterrupt:  # Ctrl-C before set-up finished: nothing to commit yet
         raise typer.Exit(130) from None
+    except UntrustedRedisError:  # logged, with what to set, where it was found
+        raise typer.Exit(2) from None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -135,6 +136,21 @@ class TrainerMetrics:
             buckets=SECONDS_BUCKETS,
             registry=r,
         )
+        self.checkpoint_failing = Gauge(
+            "gvloop_trainer_checkpoint_failing",
+            "1 while checkpoints cannot be written (disk full, ...: the last try failed), else 0.",
+            registry=r,
+        )
+        self.checkpoint_failures = Counter(
+            "gvloop_trainer_checkpoint_failures",
+            "Checkpoint writes that failed and left nothing behind; each is tried again.",
+            registry=r,
+        )
+        self.uncommitted_steps = Gauge(
+            "gvloop_trainer_uncommitted_steps",
+            "Steps taken since the last checkpoint written: their samples are unacknowledged.",
+            registry=r,
+        )
         self.swaps = Counter(
             "gvloop_trainer_swaps",
             "Hot-swap requests to agent A, by outcome.",
@@ -158,6 +174,7 @@ class TrainerMetrics:
         )
         self.pauses: list[float] = []
         """Generation stopped by each successful swap of this run, in seconds."""
+        self._jsonl_failing = False
 
     def serve(self, host: str, port: int) -> None:
         """Serve /metrics from a daemon thread (it dies with the process)."""
@@ -169,8 +186,20 @@ class TrainerMetrics:
     def event(self, name: str, **fields: Any) -> None:
         """Append one JSON line: {"event": name, "time": ..., **fields}."""
         record = {"event": name, "time": round(time.time(), 3), **fields}
-        with self.jsonl_path.open("a", encoding="utf-8") as out:
-            out.write(json.dumps(record, default=str) + "\n")
+        try:
+            _append(self.jsonl_path, (json.dumps(record, default=str) + "\n").encode())
+        except OSError as exc:
+            # a full disk must not stop training: the events are dropped, said once
+            if not self._jsonl_failing:
+                logger.warning(
+                    "%s: could not append (%s); events are dropped until it can",
+                    self.jsonl_path, exc.strerror or exc,
+                )  # fmt: skip
+            self._jsonl_failing = True
+            return
+        if self._jsonl_failing:
+            logger.info("%s: appending events again", self.jsonl_path)
+            self._jsonl_failing = False
 
     def record_step(self, s: StepStats) -> None:
         self.step.set(s.step)
@@ -207,6 +236,8 @@ class TrainerMetrics:
         self, step: int, version: int, path: Path, seconds: float, n: int
     ) -> None:
         self.checkpoint_seconds.observe(seconds)
+        self.checkpoint_failing.set(0)
+        self.uncommitted_steps.set(0)
         self.event(
             "checkpoint", step=step, version=version, path=str(path), seconds=seconds, committed=n
         )
@@ -218,6 +249,12 @@ class TrainerMetrics:
             seconds,
             n,
         )
+
+    def record_checkpoint_failure(self, step: int, version: int, error: str) -> None:
+        """The metrics and JSON line of a failed write; `trainer.ckpt_failures` logs."""
+        self.checkpoint_failures.inc()
+        self.checkpoint_failing.set(1)
+        self.event("checkpoint_failed", step=step, version=version, error=error)
 
     def record_swap(
         self, version: int, outcome: str, seconds: float, detail: str,
@@ -241,6 +278,20 @@ class TrainerMetrics:
             "swap", version=version, outcome=outcome, seconds=seconds, detail=detail, **extra
         )
         return spread
+
+
+def _append(path: Path, data: bytes) -> None:
+    """Append `data` whole or not at all: a write cut short by a full disk is taken back, so
+    that readers never meet half a line."""
+    with path.open("ab", buffering=0) as out:
+        end = out.seek(0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[out.write(view) :]
+        except OSError:
+            out.truncate(end)
+            raise
 
 
 # The JSON line's field -> its TensorBoard tag, slash-grouped so that TensorBoard puts each group

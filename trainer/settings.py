@@ -106,6 +106,15 @@ class TrainerSettings(BaseSettings):
     checkpoint holds it, and every checkpoint is published to agent A as the next version."""
     keep_checkpoints: int = Field(default=2, ge=1)
     """Newest checkpoints kept on disk (each holds the model and the optimizer state)."""
+    checkpoint_retry_steps: int = Field(default=3, ge=0)
+    """When a checkpoint cannot be written (disk full, over quota, any OS error), the trainer
+    trains up to this many more steps, trying the checkpoint again after each; then it reads no
+    new samples and retries with backoff until one is written, and goes on by itself. The
+    samples of the steps not committed stay unacknowledged meanwhile: at most
+    (checkpoint_every + this) * batch_size of them."""
+    checkpoint_max_backoff_s: float = Field(default=60.0, gt=0)
+    """Longest wait between retries of a checkpoint while the trainer holds (the wait doubles
+    from 1 s)."""
     swap: bool = True
     """Ask agent A to load each checkpoint (POST /weights)."""
     generator_url: str = "http://127.0.0.1:8001"

@@ -3,7 +3,9 @@ that commit (and then acknowledge) the samples they trained on, and hot swaps of
 
 Lifecycle: `setup()` (resume from the newest checkpoint, or start from GVLOOP_MODEL), then
 `main_loop()` until max_steps or SIGTERM/SIGINT, then `stop()`, which commits the steps taken
-since the last checkpoint so a clean stop redoes nothing.
+since the last checkpoint so a clean stop redoes nothing. A checkpoint the disk will not take
+leaves its samples unacknowledged and is tried again, first at each step, then holding
+(`trainer.ckpt_failures`).
 
 Under torchrun the Worker is rank 0 and the other ranks `follow` its orders (trainer.distributed
 says why): the loop below is the same, each collective an order they all carry out.
@@ -12,6 +14,8 @@ says why): the loop below is the same, each collective an order they all carry o
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import signal
 import sys
@@ -33,10 +37,12 @@ from transformers import (
 from services.clients import GeneratorClient, RetryPolicy
 from services.model_files import resolve_model
 from services.queue import open_queue
+from services.redis_checks import check_redis
 from services.redis_server import EmbeddedRedis, ensure_redis
 from services.settings import CommonSettings
 from trainer import ckpt
 from trainer.batch import sequence_length, shard_batch
+from trainer.ckpt_failures import CheckpointFailures
 from trainer.distributed import (
     Order,
     Rank,
@@ -140,6 +146,11 @@ class Worker:
         self.metrics = TrainerMetrics(
             cfg.metrics_file or common.data_dir / "trainer" / "metrics.jsonl"
         )
+        self.failures = CheckpointFailures(
+            self.metrics,
+            cfg.checkpoint_retry_steps,
+            RetryPolicy(backoff_s=1.0, max_backoff_s=cfg.checkpoint_max_backoff_s),
+        )
         self.stopping = asyncio.Event()
         if rank is None:
             device, amp_dtype = setup_device(cfg)
@@ -188,6 +199,11 @@ class Worker:
             max_seq_len=cfg.max_seq_len,
             vocab_size=self.replica.model.get_input_embeddings().num_embeddings,
         )
+        # a Redis that does not answer yet is waited for; one that evicts stops the trainer.
+        # partial, not lambda: tenacity awaits only what it sees is a coroutine function
+        await self.intake.until_done(
+            "check redis", functools.partial(check_redis, redis_url, common.redis_timeout_s)
+        )
         await self.intake.until_done("create group", queue.ensure_group)
         self.intake.resume(self.state.committed_ids)
         await self.intake.ack_committed()
@@ -219,6 +235,9 @@ class Worker:
         with TrainProgress(show, cfg.max_steps, self.step) as progress:
             while not self.done():
                 await self.intake.ack_committed()  # left over if Redis was down at the commit
+                if self.failures.holding(self.step):
+                    await self.hold(idle_s)
+                    continue
                 deliveries = await self.intake.next_batch(
                     lambda: self.served_version, self.stopping, idle_s
                 )
@@ -256,13 +275,35 @@ class Worker:
                     mismatch_kl_by_behind=out.mismatch.kl_by_behind,
                 )  # fmt: skip
                 self.metrics.record_step(stats)
+                self.metrics.uncommitted_steps.set(self.step - self.state.step)
                 progress.update(stats)
-                if self.step % cfg.checkpoint_every == 0:
+                # while checkpoints fail, each step tries again
+                if self.step % cfg.checkpoint_every == 0 or self.failures.failing:
                     await self.commit()
 
-    async def commit(self) -> None:
-        """Checkpoint the steps taken since the last one, acknowledge their samples, publish."""
+    async def hold(self, idle_s: float | None) -> None:
+        """Checkpoints failing and as many steps uncommitted as allowed: read nothing, retry
+        the checkpoint once its backoff is over (a stop request cuts the wait short). The other
+        ranks get an order at least every `idle_s`."""
+        wait = max(0.0, self.failures.retry_at - time.monotonic())
+        if idle_s is not None:
+            wait = min(wait, idle_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), wait)
+        if self.stopping.is_set():
+            return
+        if time.monotonic() >= self.failures.retry_at:
+            await self.commit()
+        else:
+            await asyncio.to_thread(broadcast, Order("idle"))
+
+    async def commit(self, last: bool = False) -> None:
+        """Checkpoint the steps taken since the last one, acknowledge their samples, publish.
+        If the disk will not take the checkpoint nothing is acknowledged, and the next call
+        tries again with every step since the last checkpoint; `last`: there is no next call
+        (the trainer stops), their samples stay pending for a restart to train again."""
         t0 = time.perf_counter()
+        first = self.state.step + 1
         state = self.state.model_copy(
             update={
                 "step": self.step,
@@ -274,10 +315,15 @@ class Worker:
         )
         await asyncio.to_thread(broadcast, Order("commit"))
         model_state, optimizer_state = await asyncio.to_thread(self.replica.state_dicts)
-        path = await asyncio.to_thread(
-            ckpt.save_checkpoint, self.root, self.replica.model, self.replica.tokenizer,
-            model_state, optimizer_state, state,
-        )  # fmt: skip
+        try:
+            path = await asyncio.to_thread(
+                ckpt.save_checkpoint, self.root, self.replica.model, self.replica.tokenizer,
+                model_state, optimizer_state, state,
+            )  # fmt: skip
+        except ckpt.CheckpointWriteError as exc:
+            self.failures.failed(exc, state.version, first, self.step, last)
+            return
+        self.failures.written(state.version, first, state.step)
         self.state, self.intake.skipped = state, 0
         self.intake.mark_committed()
         self.metrics.record_checkpoint(
@@ -298,7 +344,7 @@ class Worker:
         other ranks are gone or stuck) the steps since the last checkpoint are left to redo."""
         if collectives and self.step > self.state.step:
             logger.info("stopping: committing steps %d..%d", self.state.step + 1, self.step)
-            await self.commit()
+            await self.commit(last=True)
         if self.publisher is not None:
             # a finished run hands agent A its final weights; a stop request does not wait
             finished = 0 < self.cfg.max_steps <= self.step

@@ -116,6 +116,15 @@ def test_demo_output_logs_and_run_directory(demo: Up) -> None:
     assert all(0 <= p["stderr"] <= 0.5 for p in curve)
     assert curve[-1]["samples_fed"] > 0
     assert (run / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # pass@4 beside the accuracy, from the demo's default 4 samples of each held-out problem
+    # (all 10 here), kept one row each beside the greedy answers
+    samples = [json.loads(s) for s in (run / "heldout-samples.jsonl").read_text().splitlines()]
+    for point in curve:
+        assert (point["passk_n"], point["passk_k"], point["passk_problems"]) == (4, 4, 10)
+        assert 0 <= point["pass_at_k"] <= 1 and 0 <= point["pass_at_k_stderr"] <= 0.5
+        assert 0.25 <= point["heldout_distinct_fraction"] <= 1
+        assert sum(s["version"] == point["version"] for s in samples) == 4 * 10
+    assert "| held-out pass@4 (n=4) |" in demo.output
 
     events = [json.loads(line) for line in (run / "trainer-metrics.jsonl").read_text().splitlines()]
     steps = [e["step"] for e in events if e["event"] == "step"]

@@ -34,7 +34,8 @@ def test_greedy_accuracy_equals_the_naive_loops_evaluator(tmp_path: Path) -> Non
     cfg = naive.NaiveConfig(model=str(model_dir), heldout=PROBLEMS, diversity_problems=0)
     _, heldout = naive.make_task(cfg)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    accuracy, *_ = naive.evaluate(model, AutoTokenizer.from_pretrained(model_dir), heldout, cfg)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    accuracy = naive.evaluate(model, tok, heldout, cfg).accuracy
 
     assert report["problems"] == PROBLEMS and report["grader"] == "rules"
     assert report["pass_at_1"]["value"] == pytest.approx(accuracy)

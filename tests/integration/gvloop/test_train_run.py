@@ -8,6 +8,8 @@ checkpoint and its place in the training data until every problem is fed once (`
 from __future__ import annotations
 
 import json
+import math
+import statistics
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +38,15 @@ TRAINER = {
 }
 CHECKER = '''
 def score(problem, solution, reference_answer, **fields):
-    """A label task: the reference label anywhere in the answer."""
+    """A label task: the reference label anywhere in the answer. The tiny model's random text
+    names none, so an even length counts as right too (about half its answers, so that its
+    pass@k is neither 0 nor 1), and its answer is the length modulo 3 (for distinct answers)."""
+    right = reference_answer in solution or len(solution) % 2 == 0
     return {
-        "solution_score": float(reference_answer in solution),
+        "solution_score": float(right),
         "reasoning_score": fields["weight"],
-        "is_correct": reference_answer in solution,
+        "is_correct": right,
+        "answer": str(len(solution) % 3),
     }
 '''
 
@@ -90,6 +96,9 @@ def task_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
             "1",
             "--time-budget",
             "600",
+            # pass@2 of 4 samples: a problem with 1 to 3 right samples counts in between
+            "--passk-k",
+            "2",
         ),
         env=TRAINER,
     )
@@ -108,6 +117,28 @@ def test_a_train_run_leaves_the_served_model_that_transformers_loads(task_run: R
     curve = json.loads((run_dir / "curve.json").read_text())
     assert [p["version"] for p in curve] == [0, 1] and curve[1]["samples_fed"] > 0
     assert all(p["problems"] == HELDOUT for p in curve)
+    # each version's pass@k and distinct answers are those of its samples in the samples file
+    samples = [json.loads(a) for a in (run_dir / "heldout-samples.jsonl").read_text().splitlines()]
+    for point in curve:
+        assert (point["passk_n"], point["passk_k"], point["passk_problems"]) == (4, 2, HELDOUT)
+        groups = per_problem([s for s in samples if s["version"] == point["version"]])
+        assert len(groups) == HELDOUT
+        assert all([s["sample"] for s in group] == list(range(4)) for group in groups.values())
+        passk, passk_stderr = mean_and_stderr(
+            [pass_at(4, sum(s["correct"] for s in group), 2) for group in groups.values()]
+        )
+        assert point["pass_at_k"] == pytest.approx(passk)
+        assert point["pass_at_k_stderr"] == pytest.approx(passk_stderr)
+        distinct, distinct_stderr = mean_and_stderr(
+            [len({s["answer"] for s in group}) / 4 for group in groups.values()]
+        )
+        assert point["heldout_distinct_fraction"] == pytest.approx(distinct)
+        assert point["heldout_distinct_stderr"] == pytest.approx(distinct_stderr)
+    # the checker's coin: some samples right, some wrong
+    assert 0 < sum(s["correct"] for s in samples) < len(samples)
+    # the training samples v0 generated (the trainer's one step trained on them)
+    assert curve[0]["all_wrong_fraction"] is not None and curve[0]["all_right_fraction"] is not None
+    assert "pass@2 (n=4)" in run.output  # the table's column
 
     model_dir = run_dir / "model"
     assert f"trained model (the last version served): {model_dir}" in run.output
@@ -128,6 +159,22 @@ def test_a_train_run_leaves_the_served_model_that_transformers_loads(task_run: R
         assert answer["solution"].startswith(
             tok.decode(completion.completion_ids[:TOKENS], skip_special_tokens=True)
         )
+
+
+def per_problem(rows: list[dict]) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row["problem_id"], []).append(row)
+    return groups
+
+
+def pass_at(n: int, c: int, k: int) -> float:
+    """Chen et al.'s estimator, written here as the paper writes it."""
+    return 1.0 if n - c < k else 1 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def mean_and_stderr(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) / math.sqrt(len(values))
 
 
 def test_resume_goes_on_from_the_newest_checkpoint_and_the_place_in_the_data(

@@ -1,12 +1,14 @@
 """`gvloop up` run as a user runs it, on the tiny model: it refuses to start beside a server on
-one of its ports or beside another run on its data directory, and when it is killed hard every
-process it started goes with it, vLLM's engine core included, so the next run starts cleanly."""
+one of its ports or beside another run on its data directory, when it is killed hard every
+process it started goes with it, vLLM's engine core included, so the next run starts cleanly,
+and a trainer killed hard is restarted while the other components serve on."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -18,6 +20,7 @@ import psutil
 import pytest
 
 from gvloop.preflight import LOCK_NAME
+from gvloop.restarts import RECORD_NAME
 from gvloop.topology import StackPorts
 from tests.integration.gvloop.up_process import Up
 
@@ -123,7 +126,7 @@ def test_one_run_per_data_directory(
 
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux's")
-def test_sigkill_leaves_nothing_and_the_next_run_starts_cleanly(
+def test_sigkill_leaves_nothing_and_the_next_run_outlives_a_trainer_crash(
     tiny_model_dir: Path, tmp_path: Path, up_runs: list[Up]
 ) -> None:
     data_dir, ports = tmp_path / "data", StackPorts.free()
@@ -143,9 +146,31 @@ def test_sigkill_leaves_nothing_and_the_next_run_starts_cleanly(
     up_runs.append(second := Up(tiny_model_dir, data_dir, ports))
     second.wait_for(READY)
     assert "already in use" not in second.output
+
+    # the trainer killed hard: restarted, while every other process serves on
+    tree = second.tree()
+    (trainer,) = [p for p in tree if "gvloop trainer run" in " ".join(p.cmdline())]
+    others = [p for p in tree if p.pid != trainer.pid]
+    trainer.kill()
+    second.wait_for("trainer exited with code -9 (crash 1 of 5 in 300 s): restarting in 1 s")
+    second.wait_for("trainer ready again")  # fails at once if gvloop up stopped instead
+    assert len(survivors(others)) == len(others)
+    status = subprocess.run(
+        [sys.executable, "-m", "gvloop", "status"],
+        env=second.env | {"COLUMNS": "250"},  # a row on one line
+        cwd=data_dir.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    restarted = "restarted 1x (last: exited with code -9, "
+    rows = [line for line in status.stdout.splitlines() if restarted in line]
+    assert len(rows) == 1 and "trainer" in rows[0], status.stdout
+
     tree = second.tree()
     started = time.monotonic()
     second.process.send_signal(signal.SIGTERM)
     second.finish()
     wait_gone(tree)
     print(f"SIGTERM stopped the second run in {time.monotonic() - started:.1f}s")
+    assert not (data_dir / RECORD_NAME).exists()  # what status read is gone with the run

@@ -112,10 +112,19 @@ def test_live_panel_shows_components_queue_trainer_and_curve(tmp_path: Path) -> 
     state.component("engine", "ready")
     state.component("trainer", "starting")
     state.held_out(EvalPoint(version=0, at_s=0, samples_fed=0, problems=100, correct=20))
+    sampled = {"passk_n": 4, "passk_k": 4, "passk_problems": 100, "pass_at_k": 0.8}
+    sampled |= {"pass_at_k_stderr": 0.031, "heldout_distinct_fraction": 0.45}
+    state.held_out(
+        EvalPoint(version=1, at_s=60, samples_fed=64, problems=100, correct=61, **sampled)
+    )
     screen.print(live.render())
     text = screen.file.getvalue()
     assert "engine ready" in text and "trainer starting" in text
     assert "full (128/128): waiting for the trainer" in text
-    assert "v0 20.0%±4.0" in text
+    assert "v0 20.0%±4.0 → v1 61.0%±4.9, pass@4 80.0%" in text
     assert "gvloop · training · 2m00s elapsed · 8m00s of training left" in text
-    assert "held-out v0: 20.0% ± 4.0 (100 problems)" in text  # the recent events
+    assert "held-out v0: accuracy 20.0% ± 4.0 (100 problems)" in text  # the recent events
+    assert (
+        "held-out v1: accuracy 61.0% ± 4.9, pass@4 80.0% ± 3.1, 0.45 distinct per problem "
+        "(100 problems), served from 60s of training" in text
+    )

@@ -1,4 +1,5 @@
-"""The demo's curve: standard errors, the table, and the files a run leaves behind."""
+"""The demo's curve: standard errors, the table with and without the held-out samples'
+pass@k, a curve.json written before pass@k, and the files a run leaves behind."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gvloop.curve import EvalPoint, curve_table, plot_curve
+from gvloop.curve import EvalPoint, curve_table, heldout_summary, load_curve, plot_curve
 from gvloop.demo import Demo, DemoConfig, Served
 
 
@@ -41,6 +42,100 @@ def test_table_shows_every_point_with_its_error_and_diversity() -> None:
     )
 
 
+SAMPLED = {
+    "passk_n": 4,
+    "passk_k": 4,
+    "passk_problems": 100,
+    "pass_at_k": 0.8,
+    "pass_at_k_stderr": 0.031,
+    "heldout_distinct_fraction": 0.45,
+    "heldout_distinct_stderr": 0.02,
+}
+
+
+def test_table_shows_pass_at_k_and_the_training_groups_once_measured() -> None:
+    curve = [
+        point(0, 43, **SAMPLED),
+        point(
+            1,
+            61,
+            **SAMPLED,
+            sampled=64,
+            sampled_correct=32,
+            distinct_fraction=0.5,
+            all_wrong_fraction=0.125,
+            all_right_fraction=0.25,
+        ),
+        point(2, 60),  # measured with passk_n 0: no samples
+    ]
+    table = curve_table(curve).splitlines()
+    assert table[0] == (
+        "| version | served from (s of training) | samples fed | held-out accuracy (pass@1) "
+        "| held-out pass@4 (n=4) | held-out distinct answers | its training samples correct "
+        "| distinct answers (training) | training problems all wrong / all right "
+        "| its swap stopped generation |"
+    )
+    assert table[1] == "|---|---|---|---|---|---|---|---|---|---|"
+    assert table[2] == (
+        "| v0 | 0 | 0 | 43.0% ± 5.0 (100) | 80.0% ± 3.1 (100) | 0.45 ± 0.02 | - | - | - | - |"
+    )
+    assert table[3] == (
+        "| v1 | 60 | 64 | 61.0% ± 4.9 (100) | 80.0% ± 3.1 (100) | 0.45 ± 0.02 | 50% | 0.50 "
+        "| 12% / 25% | - |"
+    )
+    assert table[4] == "| v2 | 120 | 128 | 60.0% ± 4.9 (100) | - | - | - | - | - | - |"
+
+
+def test_a_curve_of_several_ks_names_each_points_k() -> None:
+    curve = [point(0, 43, **SAMPLED), point(1, 61, **SAMPLED | {"passk_k": 2})]
+    table = curve_table(curve)
+    assert "| held-out pass@k |" in table
+    assert "| pass@2 n=4: 80.0% ± 3.1 (100) |" in table
+
+
+def test_held_out_summary_line() -> None:
+    assert heldout_summary(point(3, 61)) == "accuracy 61.0% ± 4.9 (100 problems)"
+    assert heldout_summary(point(3, 61, **SAMPLED)) == (
+        "accuracy 61.0% ± 4.9, pass@4 80.0% ± 3.1, 0.45 distinct per problem (100 problems)"
+    )
+    assert heldout_summary(point(3, 61, **SAMPLED | {"passk_problems": 50})) == (
+        "accuracy 61.0% ± 4.9 (100 problems), pass@4 80.0% ± 3.1, 0.45 distinct per problem "
+        "(first 50)"
+    )
+
+
+def test_a_curve_saved_before_pass_at_k_still_loads(tmp_path: Path) -> None:
+    # what Demo.save wrote before the held-out samples: resumed runs read it back
+    rows = [
+        {"version": 0, "at_s": 0.0, "samples_fed": 0, "problems": 100, "correct": 43,
+         "checkpoint_dir": None, "sampled": 0, "sampled_correct": 0,
+         "distinct_fraction": None, "swap_stopped_s": None, "accuracy": 0.43, "stderr": 0.0495},
+        {"version": 1, "at_s": 127.0, "samples_fed": 224, "problems": 100, "correct": 58,
+         "checkpoint_dir": "/ckpt/step_00000001", "sampled": 160, "sampled_correct": 61,
+         "distinct_fraction": 0.54, "swap_stopped_s": 0.05, "accuracy": 0.58, "stderr": 0.0494},
+    ]  # fmt: skip
+    (tmp_path / "curve.json").write_text(json.dumps(rows))
+    curve = load_curve(tmp_path / "curve.json")
+    assert [p.version for p in curve] == [0, 1]
+    assert curve[1].distinct_fraction == 0.54 and curve[1].pass_at_k is None
+    assert curve[1].all_wrong_fraction is None and curve[1].passk_n is None
+    table = curve_table(curve)
+    assert "pass@" not in table.split("\n")[0].replace("(pass@1)", "")  # no pass@k columns
+    assert "| v1 | 127 | 224 | 58.0% ± 4.9 (100) | 38% | 0.54 | 0.05s |" in table
+    plot_curve(curve, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_with_pass_at_k_is_a_png(tmp_path: Path) -> None:
+    curve = [
+        point(0, 43, **SAMPLED),
+        point(1, 61, **SAMPLED, distinct_fraction=0.5),
+        point(2, 60),  # a point without samples among them
+    ]
+    plot_curve(curve, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_plot_is_a_png(tmp_path: Path) -> None:
     curve = [point(0, 20), point(1, 55, distinct_fraction=0.6)]
     plot_curve(curve, tmp_path / "curve.png")
@@ -61,3 +156,10 @@ async def test_a_point_left_for_later_is_placed_but_not_evaluated(tmp_path: Path
     assert point.checkpoint_dir == "/ckpt/step_00000001"
     assert point.problems == 0  # for the learning benchmark to evaluate, off the clock
     assert "not evaluated" in curve_table([point])
+
+
+def test_pass_at_k_needs_k_samples() -> None:
+    with pytest.raises(ValueError, match=r"passk_n \(2\) must be at least passk_k \(4\)"):
+        DemoConfig(passk_n=2, passk_k=4)
+    assert DemoConfig(passk_n=0, passk_k=4).passk_n == 0  # off
+    assert DemoConfig(passk_n=8, passk_k=4).passk_n == 8

@@ -1,12 +1,12 @@
 """The feeding order: every epoch a shuffled pass over the training set, the last epoch's end
-cut exactly, and a resumed run going on where its progress says."""
+cut exactly, and a resumed run going on where its progress says; what each version sampled."""
 
 from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
 
-from gvloop.feeding import FeedConfig, Feeder, FeedProgress
+from gvloop.feeding import FeedConfig, Feeder, FeedProgress, SampleStats
 from gvloop.runstate import RunState
 from services.clients import GeneratorClient
 from services.schemas import ProblemIn
@@ -54,3 +54,14 @@ def test_a_resumed_run_goes_on_from_its_place(tmp_path: Path) -> None:
     resumed = feeder(epochs=2, progress=FeedProgress.load(path))
     assert taken(resumed) == whole[12:]
     assert FeedProgress.load(tmp_path / "none.json") == FeedProgress()
+
+
+def test_sample_stats_count_problems_all_wrong_and_all_right() -> None:
+    stats = SampleStats()
+    stats.add(["5", "5", "6", "7"], correct=0)  # none right
+    stats.add(["4", "4", "4", "4"], correct=4)  # all right
+    stats.add(["3", "4", None, "4"], correct=2)  # some right
+    stats.add(["9"], correct=0)  # a problem's one sample of this version (a swap split it)
+    assert (stats.problems, stats.samples, stats.correct) == (4, 13, 6)
+    assert (stats.all_wrong, stats.all_right) == (2, 1)
+    assert stats.distinct_sum == 3 / 4 + 1 / 4 + 3 / 4 + 1

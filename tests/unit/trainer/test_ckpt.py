@@ -1,14 +1,17 @@
-"""Checkpoints: complete or absent, loadable by transformers, found newest-first by step number,
-pruned to the newest N, and their trainer state round-trips."""
+"""Checkpoints: complete or absent (a write the disk refuses leaves nothing), loadable by
+transformers, found newest-first by step number, pruned to the newest N, and their trainer state
+round-trips."""
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from tests.utils.disk import file_size_limit
 from trainer import ckpt
 from trainer.distributed import full_state_dicts
 
@@ -103,3 +106,50 @@ def test_prune_keeps_the_newest_and_what_agent_a_is_loading(tmp_path: Path) -> N
     removed = ckpt.prune_checkpoints(tmp_path, keep=2, protect={paths[1]})
     assert removed == [paths[0], paths[2]]
     assert ckpt.list_checkpoints(tmp_path) == [paths[1], paths[3], paths[4]]
+
+
+def chained(error: Exception, context: BaseException) -> Exception:
+    error.__context__ = context
+    return error
+
+
+@pytest.mark.parametrize(
+    "error, expected",
+    [
+        # Python's own writes (the trainer state JSON, the temporary directory)
+        (OSError(errno.ENOSPC, "No space left on device"), errno.ENOSPC),
+        # tokenizers raises a bare Exception, safetensors its SafetensorError: the errno is text
+        (Exception("No space left on device (os error 28)"), errno.ENOSPC),
+        (Exception("I/O error: File too large (os error 27)"), errno.EFBIG),
+        (Exception("I/O error: Disk quota exceeded (os error 122)"), errno.EDQUOT),
+        # torch.save into a Python file: the write's OSError is the RuntimeError's context
+        (chained(RuntimeError("unexpected pos 704"), OSError(errno.EFBIG, "x")), errno.EFBIG),
+        # not the file system's doing: no errno, so the trainer fails as it should
+        (RuntimeError("unexpected pos 576 vs 534"), None),
+        (ValueError("bad state dict"), None),
+    ],
+)
+def test_the_os_error_behind_a_failed_write_is_found(error: Exception, expected: int) -> None:
+    assert ckpt.os_errno(error) == expected
+
+
+# Beyond the first bytes of the weights; beyond the weights but within the optimizer state.
+@pytest.mark.parametrize("limit", [1_000_000, 40_000_000], ids=["weights", "optimizer"])
+def test_a_write_the_disk_refuses_leaves_nothing_behind(
+    tmp_path: Path, trained, limit: int
+) -> None:
+    model, tokenizer, optimizer = trained
+    full = full_state_dicts(model, optimizer)
+    first = ckpt.save_checkpoint(tmp_path, model, tokenizer, *full, state(1, ["1-0"]))
+    with file_size_limit(limit), pytest.raises(ckpt.CheckpointWriteError) as raised:
+        ckpt.save_checkpoint(tmp_path, model, tokenizer, *full, state(2, ["1-0", "2-0"]))
+    assert raised.value.errno == errno.EFBIG
+    assert (raised.value.strerror, raised.value.filename) == ("File too large", str(tmp_path))
+    # no temporary directory, no step_2: the one before is still the newest, and whole
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]
+    assert ckpt.latest_checkpoint(tmp_path) == first
+    assert ckpt.read_state(first).committed_ids == ["1-0"]
+    # the space is back: the same checkpoint is written
+    second = ckpt.save_checkpoint(tmp_path, model, tokenizer, *full, state(2, ["1-0", "2-0"]))
+    assert ckpt.latest_checkpoint(tmp_path) == second
+    AutoModelForCausalLM.from_pretrained(second)
