@@ -33,6 +33,7 @@ from agent_a.settings import GeneratorSettings
 from services.clients import ServiceError, ServiceUnavailableError, VerifierClient
 from services.queue import QueueFullError, SampleQueue
 from services.schemas import (
+    MAX_TEXT_CHARS,
     ChatMessage,
     Feedback,
     GeneratedSolution,
@@ -257,6 +258,8 @@ class Generator:
                     reasoning_score=verdict.reasoning_score,
                     is_correct=verdict.is_correct,
                 ),
+                # a verifier function may say any answer: cut to the field's bound
+                extracted_answer=(verdict.extracted_answer or "")[:MAX_TEXT_CHARS] or None,
                 group=group,
                 weight_version=version,
                 model=self.pool.model,

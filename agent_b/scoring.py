@@ -11,6 +11,8 @@ Which method decides (`decided_by`):
 - `model`  (method "auto" without a reference, or method "model"): the judge decides
   `is_correct` and `solution_score`; a reference answer is then ignored, which measures the
   judge on its own (the generation-verification gap).
+Whenever the judge is asked (`model`, `both`) and its server reports a weight version (agent
+A's engine as the judge: self-verification), the verdict carries it (`judge_version`).
 
 Why the pipeline's default leaves the judge out: with a reference answer correctness is
 certain, and a judge as small as the default model (135M) verifies barely better than chance
@@ -118,6 +120,11 @@ class Verifier:
                 f"the judge did not answer within {self.settings.judge_timeout_s:.0f}s"
             ) from exc
 
+    async def _judge_version(self) -> int | None:
+        if not self.judge.ready:
+            return None  # _ask says why
+        return await self.judge.weight_version()
+
     async def verify(self, request: VerifyRequest) -> VerifyResponse:
         started = time.perf_counter()
         method = decided_by(request, self.settings)
@@ -126,6 +133,10 @@ class Verifier:
             return await self._by_function(request, extracted, started)
         arithmetic = check_arithmetic(request.solution)
         p_correct: float | None = None
+        # the judge's version, read before and after its questions (a gvloop engine's changes
+        # with every hot swap): the older one, as agent A records a sample's
+        asked = method in ("model", "both")
+        before = await self._judge_version() if asked else None
         if method == "model":
             p_correct, p_reasoning = await asyncio.gather(
                 self._ask(request.problem, request.solution, "correct"),
@@ -143,6 +154,7 @@ class Verifier:
             )
             is_correct = equivalent is True
             solution_score = float(is_correct)
+        after = await self._judge_version() if asked else None
         self.metrics.verifications.labels(method, str(is_correct).lower()).inc()
         return VerifyResponse(
             solution_score=solution_score,
@@ -152,6 +164,7 @@ class Verifier:
             decided_by=method,
             judge_p_correct=p_correct,
             judge_p_reasoning=p_reasoning,
+            judge_version=None if before is None or after is None else min(before, after),
             arithmetic_checked=arithmetic.checked,
             arithmetic_correct=arithmetic.correct,
             model=self.judge.name,

@@ -12,6 +12,7 @@ the same held-out problems and grading) measures once the run is over.
     python bench/bench_learning.py                                 # addition, 600 s each
     python bench/bench_learning.py --problems words --time-budget 900 --recipes demo
     python bench/bench_learning.py --recipes demo,demo+is,deep,deep+is --no-naive  # off-policy
+    python bench/bench_learning.py --recipes demo,demo+count,demo+batch --no-naive  # exploration
 
 It prints every curve, then for each gvloop row the time it took to reach the naive loop's best
 accuracy against the time the naive loop took (the ratio: below 1, gvloop got there first),
@@ -65,7 +66,11 @@ RECIPES: dict[str, dict[str, str]] = {
     "demo+is": {**DEMO_RECIPE, **IS},
     "deep": {**DEMO_RECIPE, **DEEP},
     "deep+is": {**DEMO_RECIPE, **DEEP, **IS},
-}
+    # outcome-based exploration (docs/trainer.md#exploration-bonus), beta at its default
+    "demo+count": {**DEMO_RECIPE, "GVLOOP_TRAINER_EXPLORATION": "count",
+                   "GVLOOP_TRAINER_EXPLORATION_BASELINE": "mean"},
+    "demo+batch": {**DEMO_RECIPE, "GVLOOP_TRAINER_EXPLORATION": "batch"},
+}  # fmt: skip
 
 
 def first_reaching(points: list[tuple[float, float]], accuracy: float) -> float | None:

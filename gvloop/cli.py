@@ -141,6 +141,25 @@ def up(
             help="Held-out problems sampled for pass@k: the first N (default: 50).", min=1
         ),
     ] = None,
+    gap_threshold: Annotated[
+        float | None,
+        typer.Option(
+            help="Also measure the generation-verification gap of the held-out samples: the "
+            "verifier's judge scores each without its reference answer and keeps those with "
+            "p(correct) at least this (a judge call per sample; default: not measured).",
+            min=0.0,
+            max=1.0,
+        ),
+    ] = None,
+    self_verify: Annotated[
+        bool,
+        typer.Option(
+            "--self-verify",
+            help="The verifier's judge is the model agent A serves, through its engine's "
+            "OpenAI endpoint: it follows every hot swap, and each verdict reports its weight "
+            "version. The engine then loads before the verifier starts.",
+        ),
+    ] = False,
     problems: Annotated[
         str, typer.Option(help="Demo: problem set, addition or words (gvloop/problems.py).")
     ] = "addition",
@@ -237,7 +256,12 @@ def up(
         if verifier_function is not None:
             task_env["GVLOOP_VERIFIER_FUNCTION"] = _checked_function(verifier_function)
         model = model or common.model
-    passk = {"passk_n": passk_n, "passk_k": passk_k, "passk_problems": passk_problems}
+    passk = {
+        "passk_n": passk_n,
+        "passk_k": passk_k,
+        "passk_problems": passk_problems,
+        "gap_threshold": gap_threshold,
+    }
     if passk := {name: value for name, value in passk.items() if value is not None}:
         try:  # a resumed run's too: how it is measured from now on
             config = DemoConfig.model_validate(config.model_dump() | passk)
@@ -282,6 +306,7 @@ def up(
                 verbose=verbose,
                 resume=resume is not None,
                 status_dir=data_dir,  # beside the lock, where `gvloop status` looks
+                self_verify=self_verify,
             )
     except (
         DataDirLockedError,

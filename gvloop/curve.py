@@ -1,7 +1,8 @@
 """The demo's curve: for each served weight version, held-out pass@1 (greedy accuracy, with
 its binomial standard error), pass@k and distinct answers from n samples per held-out problem
-(with their standard errors over problems), and how that version sampled the training
-problems; as a table and as a plot. Definitions: docs/make-run.md, "What the curve measures"."""
+(with their standard errors over problems), the generation-verification gap of those samples
+(opt-in), and how that version sampled the training problems; as a table and as a plot.
+Definitions: docs/make-run.md, "What the curve measures"."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from gvloop.gap import REFERENCE, VerifierGap
 from services.spread import Spread
 
 
@@ -54,6 +56,11 @@ class EvalPoint(BaseModel):
     """On the held-out samples: the mean fraction of distinct final answers among the n samples
     of each problem."""
     heldout_distinct_stderr: float | None = None
+    gap_judge: VerifierGap | None = None
+    """The generation-verification gap of the held-out samples with agent B's judge, asked
+    without the reference answer, as the verifier (None: not measured)."""
+    gap_reference: VerifierGap | None = None
+    """The same with the reference as the verifier: the upper bound, gap = 1 - raw accuracy."""
     swap_stopped_s: float | None = None
     """How long the hot swap that brought this version in stopped generation (None: the base
     model, or not known)."""
@@ -84,8 +91,35 @@ def heldout_summary(point: EvalPoint) -> str:
         f", {point.heldout_distinct_fraction:.2f} distinct per problem"
     )
     if point.passk_problems == point.problems:
-        return f"{accuracy}, {sampled} ({point.problems} problems)"
-    return f"{accuracy} ({point.problems} problems), {sampled} (first {point.passk_problems})"
+        summary = f"{accuracy}, {sampled} ({point.problems} problems)"
+    else:
+        summary = (
+            f"{accuracy} ({point.problems} problems), {sampled} (first {point.passk_problems})"
+        )
+    return summary if point.gap_judge is None else f"{summary}; {gap_summary(point.gap_judge)}"
+
+
+def gap_summary(gap: VerifierGap) -> str:
+    """`judge gap +5.1 points (relative 0.07): keeps 37/200 at p >= 0.5, 35.1% right vs 30.0%
+    raw; judge accuracy 62.0%, AUC 0.55`."""
+    kept = (
+        f"keeps {gap.kept}/{gap.samples} at p >= {gap.threshold:g}"
+        + ("" if gap.kept_accuracy is None else f", {100 * gap.kept_accuracy:.1f}% right")
+        + f" vs {100 * gap.raw_accuracy:.1f}% raw"
+    )
+    auc = "" if gap.auc is None else f", AUC {gap.auc:.2f}"
+    return (
+        f"judge gap {_points(gap.gap)} (relative {_ratio(gap.relative_gap)}): {kept}; "
+        f"judge accuracy {100 * gap.verifier_accuracy:.1f}%{auc}"
+    )
+
+
+def _points(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:+.1f} points"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def load_curve(path: Path) -> list[EvalPoint]:
@@ -167,7 +201,46 @@ def curve_table(curve: list[EvalPoint]) -> str:
     lines += ["| " + " | ".join(cell(p) for _, cell in columns) + " |" for p in curve]
     if spread := Spread.of([p.swap_stopped_s for p in curve if p.swap_stopped_s is not None]):
         lines.append(f"\nGeneration stopped by the hot swaps: {spread}")
+    if any(p.gap_judge is not None for p in curve):
+        lines.append(f"\n{gap_table(curve)}")
     return "\n".join(lines)
+
+
+def gap_table(curve: list[EvalPoint]) -> str:
+    """The generation-verification gap of each measured version's held-out samples: a row for
+    the judge, then one for the reference (the upper bound)."""
+    lines = [
+        "Generation-verification gap on the held-out samples (kept: scored at least the "
+        "threshold; relative gap = gap / (1 - raw accuracy)):",
+        "| version | verifier | samples | raw accuracy | kept | kept accuracy | gap (points) "
+        "| relative gap | verifier accuracy | AUC |",
+        "|" + "---|" * 10,
+    ]
+    for p in curve:
+        for gap in (p.gap_judge, p.gap_reference):
+            if gap is not None:
+                lines.append("| " + " | ".join([f"v{p.version}", *_gap_cells(gap)]) + " |")
+    return "\n".join(lines)
+
+
+def _gap_cells(gap: VerifierGap) -> list[str]:
+    if gap.verifier == REFERENCE:
+        verifier = "reference (upper bound)"
+    else:
+        verifier = f"judge {Path(gap.verifier).name}, p >= {gap.threshold:g}"
+        if gap.judge_versions:
+            verifier += " (weights " + ", ".join(f"v{v}" for v in gap.judge_versions) + ")"
+    return [
+        verifier,
+        str(gap.samples),
+        f"{100 * gap.raw_accuracy:.1f}%",
+        str(gap.kept),
+        "-" if gap.kept_accuracy is None else f"{100 * gap.kept_accuracy:.1f}%",
+        "-" if gap.gap is None else f"{100 * gap.gap:+.1f}",
+        _ratio(gap.relative_gap),
+        f"{100 * gap.verifier_accuracy:.1f}%",
+        "-" if gap.auc is None else f"{gap.auc:.2f}",
+    ]
 
 
 def plot_curve(curve: list[EvalPoint], path: Path) -> None:

@@ -10,8 +10,10 @@ console shows) what happens. The training stream's diversity costs no extra gene
 measured on the training samples each version generates, as the mean fraction of distinct
 final answers among the n samples of a problem (a loop collapsing onto one answer per problem
 drives it towards 1/n), with the shares of problems all of whose samples were wrong, and
-right. The curve is saved as `curve.json` and `curve.png` in the run directory after every
-point (docs/make-run.md, "What the curve measures").
+right. Opt-in (`gap_threshold`), the generation-verification gap of the held-out samples:
+agent B's judge scores each without its reference answer, at a judge call per sample. The
+curve is saved as `curve.json` and `curve.png` in the run directory after every point
+(docs/make-run.md, "What the curve measures").
 """
 
 from __future__ import annotations
@@ -74,6 +76,11 @@ class DemoConfig(FeedConfig):
     """The k of pass@k, at most `passk_n`."""
     passk_problems: int | None = Field(default=PASSK_PROBLEMS, ge=1)
     """Held-out problems sampled, the first ones (None: every one of `heldout_size`)."""
+    gap_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    """Measure the generation-verification gap of the held-out samples: agent B's judge scores
+    each without its reference answer, and those with p(correct) at least this are kept
+    (gvloop/gap.py). None: not measured. It costs a judge call per sample: on a CPU about as
+    much as generating it."""
     live_eval: bool = True
     """Evaluate each version on the engine as it comes; False: only record when each began to
     be served, and its checkpoint (the learning benchmark evaluates those afterwards, off the
@@ -89,6 +96,10 @@ class DemoConfig(FeedConfig):
             raise ValueError(
                 f"passk_n ({self.passk_n}) must be at least passk_k ({self.passk_k}): pass@k "
                 "needs k samples per problem (or passk_n 0: no sampled evaluation)"
+            )
+        if self.gap_threshold is not None and not self.passk_n:
+            raise ValueError(
+                "gap_threshold needs held-out samples to judge: passk_n must be at least 1"
             )
         return self
 
@@ -162,6 +173,7 @@ class Demo:
             passk_n=config.passk_n,
             passk_k=config.passk_k,
             passk_problems=config.passk_problems,
+            gap_threshold=config.gap_threshold,
         )
         progress_file = out_dir / "progress.json"
         # The feeders' own client does not retry: a full queue is a state they wait out, not
@@ -280,9 +292,10 @@ class Demo:
         point = point.model_copy(update={"problems": problems, "correct": correct})
         if self.heldout.passk_n:
             sampled_problems = len(self.heldout.sampled_problems)
+            judged = ", judged without reference" if self.heldout.gap_threshold is not None else ""
             self.state.phase = (
                 f"sampling v{version}: {self.heldout.passk_n} answers to each of "
-                f"{sampled_problems} held-out problems"
+                f"{sampled_problems} held-out problems{judged}"
             )
         if sampled := await self.heldout.sample(model, version):
             point = point.model_copy(
@@ -294,6 +307,8 @@ class Demo:
                     "pass_at_k_stderr": sampled.pass_at_k.stderr,
                     "heldout_distinct_fraction": sampled.distinct.value,
                     "heldout_distinct_stderr": sampled.distinct.stderr,
+                    "gap_judge": sampled.gap_judge,
+                    "gap_reference": sampled.gap_reference,
                 }
             )
         logger.info(

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from redis.exceptions import RedisError
 
 from agent_a.settings import EngineSettings
-from agent_a.vllm_command import engine_command
+from agent_a.vllm_command import engine_command, served_model_name
 from gvloop.console import RunConsole, open_console
 from gvloop.curve import EvalPoint
 from gvloop.demo import DEMO_RECIPE, Demo, DemoConfig
@@ -46,9 +46,11 @@ def local_components(
     topology: StackTopology,
     env: dict[str, str] | None = None,
     trainer: bool = True,
+    self_verify: bool = False,
 ) -> list[Component]:
     """Engine and verifier first (they load models, in parallel), then the generator API that
-    needs both, then the trainer. `env` adds settings for every component."""
+    needs both, then the trainer. `env` adds settings for every component. `self_verify`: the
+    verifier's judge is the model the engine serves (`self_verify_env`)."""
     shared = {
         "GVLOOP_MODEL": model,
         "GVLOOP_REDIS_URL": redis_url,
@@ -57,6 +59,7 @@ def local_components(
         **(env or {}),
     }
     engine, generator, verifier = topology.engine, topology.generator, topology.verifier
+    judge = self_verify_env(model, topology) if self_verify else {}
     components = [
         Component(
             "engine",
@@ -68,7 +71,7 @@ def local_components(
         Component(
             "verifier",
             [*PYTHON_M_GVLOOP, "agent-b", "serve", "--port", str(verifier.port)],
-            shared,
+            {**shared, **judge},
             health_url=f"{verifier.url}/health",
             identity="instance",
         ),
@@ -103,6 +106,17 @@ def local_components(
             )
         )
     return components
+
+
+def self_verify_env(model: str, topology: StackTopology) -> dict[str, str]:
+    """The verifier's judge settings that make it the model agent A serves: the engine's
+    OpenAI-compatible endpoint, under the name it serves `model` by. The judge then follows
+    every hot swap, and each verdict reports the engine's weight version (`judge_version`)."""
+    return {
+        "GVLOOP_VERIFIER_JUDGE_BACKEND": "openai",
+        "GVLOOP_VERIFIER_JUDGE_URL": topology.engine.url,
+        "GVLOOP_VERIFIER_JUDGE_MODEL": served_model_name(model, CommonSettings().model_name),
+    }
 
 
 def engine_component(model: str, settings: EngineSettings) -> Component:
@@ -173,6 +187,7 @@ def run_stack(
     interactive: bool | None = None,
     resume: bool = False,
     status_dir: Path | None = None,
+    self_verify: bool = False,
 ) -> list[EvalPoint] | None:
     """Start everything, then either run the demo and stop, or serve until Ctrl-C; a
     component that crashes is restarted as the GVLOOP_RESTART_* settings say.
@@ -182,7 +197,8 @@ def run_stack(
     events alone (a live panel on a terminal, or plain lines; `interactive` overrides which).
     `resume`: the demo goes on from the curve and feeding progress saved in `run_dir`.
     `status_dir`: where `gvloop status` reads the components' restarts while the run goes on
-    (the data directory `gvloop up` locks); None: nowhere."""
+    (the data directory `gvloop up` locks); None: nowhere. `self_verify`: the verifier's judge
+    is the model the engine serves (`self_verify_env`)."""
     run_dir = run_dir or new_run_dir(common.data_dir, "demo" if demo is not None else None)
     state = RunState(run_dir, budget_s=demo.time_budget_s if demo else None)
     console = None if verbose else open_console(state, interactive)
@@ -192,7 +208,17 @@ def run_stack(
         console.start()
     try:
         return _run(
-            common, model, topology, demo, env or {}, state, console, verbose, resume, status_dir
+            common,
+            model,
+            topology,
+            demo,
+            env or {},
+            state,
+            console,
+            verbose,
+            resume,
+            status_dir,
+            self_verify,
         )
     finally:
         if console is not None:
@@ -210,6 +236,7 @@ def _run(
     verbose: bool,
     resume: bool,
     status_dir: Path | None,
+    self_verify: bool,
 ) -> list[EvalPoint] | None:
     from trainer.settings import TrainerSettings
 
@@ -250,11 +277,14 @@ def _run(
             on_restart=restarted,
         ) as launcher:
             env = {**topology.client_env(), **env}
-            components = local_components(model_path, redis_url, common.data_dir, topology, env)
+            components = local_components(
+                model_path, redis_url, common.data_dir, topology, env, self_verify=self_verify
+            )
             state.phase = "starting components"
             for component in components:
                 launcher.start(component)
-                if component.name != "engine":  # the engine loads while the verifier does
+                # the engine loads while the verifier does, unless the engine is its judge
+                if component.name != "engine" or self_verify:
                     launcher.wait_ready()
             state.event(
                 f"pipeline up in {state.elapsed_s:.0f}s: POST problems to "

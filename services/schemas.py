@@ -104,6 +104,13 @@ class VerifyResponse(Feedback):
     decided_by: DecidedBy
     judge_p_correct: Score | None = Field(default=None, description="p(Yes) for the answer.")
     judge_p_reasoning: Score | None = Field(default=None, description="p(Yes) for the steps.")
+    judge_version: int | None = Field(
+        default=None,
+        description="The weight version of the judge that answered, when its server reports "
+        "one (a gvloop engine: agent A's model judging, which follows every hot swap); the older "
+        "of the versions read before and after its questions. None: the judge was not asked, "
+        "or it reports no version (the local judge).",
+    )
     arithmetic_checked: int = Field(default=0, ge=0, description="Stated 'a op b = c' found.")
     arithmetic_correct: int = Field(default=0, ge=0)
     model: str
@@ -295,6 +302,8 @@ class Sample(Strict):
 
     Schema 2 added `completion_logprobs`; a schema-1 entry still parses, without them (the
     trainer then cannot measure how far it has moved from that sample's sampler).
+    `extracted_answer` came later, optional within schema 2: an entry without it parses (its
+    sample takes no part in the exploration bonus).
     """
 
     schema_version: Literal[1, 2] = SCHEMA_VERSION
@@ -313,6 +322,13 @@ class Sample(Strict):
     sampling: SamplingParams
     solution: Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
     feedback: Feedback
+    extracted_answer: str | None = Field(
+        default=None,
+        max_length=MAX_TEXT_CHARS,
+        description="The final answer agent B found in the solution (its extracted_answer); "
+        "None when it found none, or from a generator before this field. What the trainer's "
+        "exploration bonus counts.",
+    )
     group: SampleGroup | None = Field(
         default=None, description="The samples of the same problem and request, this one included."
     )

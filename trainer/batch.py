@@ -1,6 +1,7 @@
 """Samples to tensors: the exact token ids vLLM used (prompt + completion), right-padded, with a
-loss mask on the completion tokens only, the three feedback numbers per sample, and what the
-sampler said of each token (its log-probability, and how many versions behind it was)."""
+loss mask on the completion tokens only, the three feedback numbers per sample, what the
+sampler said of each token (its log-probability, and how many versions behind it was), and the
+sample's exploration bonus."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ class Batch:
     is_correct: Tensor  # (B,) 0/1
     sampler_log_p: Tensor  # (B, T) the engine's log p of each completion target, NaN elsewhere
     versions_behind: Tensor  # (B,) int: the trainer's weight version minus the sampler's
+    bonus: Tensor  # (B,) exploration bonus B_i (trainer.exploration); 0 without one
 
     @property
     def completion_tokens(self) -> int:
@@ -58,10 +60,13 @@ def unusable_reason(sample: Sample, max_seq_len: int, vocab_size: int) -> str | 
     return None
 
 
-def collate(samples: list[Sample], max_seq_len: int, pad_id: int, version: int) -> Batch:
+def collate(
+    samples: list[Sample], max_seq_len: int, pad_id: int, version: int,
+    bonuses: list[float] | None = None,
+) -> Batch:  # fmt: skip
     """Pad the samples' token ids into one batch; completions longer than the room left after
     the prompt are cut at the end. Every sample must have passed `unusable_reason`. `version`
-    is the weight version of the model the batch is trained on."""
+    is the weight version of the model the batch is trained on; `bonuses` one per sample."""
     sequences = [(s.prompt_token_ids + s.completion_token_ids)[:max_seq_len] for s in samples]
     length = max(len(seq) for seq in sequences)
     input_ids = torch.full((len(samples), length), pad_id, dtype=torch.long)
@@ -88,6 +93,7 @@ def collate(samples: list[Sample], max_seq_len: int, pad_id: int, version: int) 
         is_correct=torch.tensor([float(f.is_correct) for f in feedback]),
         sampler_log_p=sampler_log_p,
         versions_behind=torch.tensor([max(0, version - s.weight_version) for s in samples]),
+        bonus=torch.tensor(bonuses if bonuses is not None else [0.0] * len(samples)),
     )
 
 
@@ -106,13 +112,16 @@ class Shard:
 
 def shard_batch(
     samples: list[Sample], rank: int, world: int, micro_batch_size: int, max_seq_len: int,
-    pad_id: int, version: int,
+    pad_id: int, version: int, bonuses: list[float] | None = None,
 ) -> Shard:  # fmt: skip
     """Rank `rank`'s shard of `samples` (sorted by length): every world-th sample, so each rank
-    gets as many tokens as the others to within one sample."""
+    gets as many tokens as the others to within one sample. `bonuses`: one per sample."""
     mine = samples[rank::world]
+    my_bonuses = bonuses[rank::world] if bonuses is not None else None
     micro_batches = (
-        collate(mine, max_seq_len, pad_id, version).split(micro_batch_size) if mine else []
+        collate(mine, max_seq_len, pad_id, version, my_bonuses).split(micro_batch_size)
+        if mine
+        else []
     )
     weights = [m.input_ids.shape[0] * world / len(samples) for m in micro_batches]
     # rank 0 holds the most samples, so its count is every rank's

@@ -1,10 +1,11 @@
 """Checkpoints: `step_<N>` directories that agent A can load and the trainer can resume from.
 
 Each holds an HF safetensors model and its tokenizer (what agent A loads), `trainer_state.pt`
-(the optimizer state) and `trainer_state.json` (step, weight version, and the stream ids of the
-samples this checkpoint commits). A checkpoint is written into a hidden temporary directory,
-fsynced, then renamed into place: a directory named `step_<N>` is always complete, so a trainer
-killed while writing leaves only a temporary directory, removed on the next start. A write the
+(the optimizer state) and `trainer_state.json` (step, weight version, the stream ids of the
+samples this checkpoint commits, and their answer counts for the exploration bonus). A
+checkpoint is written into a hidden temporary directory, fsynced, then renamed into place: a
+directory named `step_<N>` is always complete, so a trainer killed while writing leaves only a
+temporary directory, removed on the next start. A write the
 file system refuses (disk full, over quota, over a file size limit, any OS error) removes its
 temporary directory at once and raises `CheckpointWriteError`: the newest `step_<N>` stays the
 newest complete checkpoint, and the trainer (`trainer.ckpt_failures`) tries again later.
@@ -24,6 +25,7 @@ import torch
 from pydantic import BaseModel, Field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from trainer.answer_counts import AnswerCountBatch
 from trainer.distributed import load_optimizer
 
 logger = logging.getLogger(__name__)
@@ -67,6 +69,11 @@ class TrainerState(BaseModel):
     committed_ids: list[str] = Field(
         description="Stream ids of the samples trained on (or skipped) by the steps this "
         "checkpoint commits, plus any earlier committed ones not yet acknowledged."
+    )
+    answer_counts: list[AnswerCountBatch] = Field(
+        default_factory=list,
+        description="The exploration bonus' answer counts the steps this checkpoint commits "
+        "trained, one batch per checkpoint version, with any earlier ones not yet in Redis.",
     )
     samples_trained: int = 0
     samples_skipped: int = 0

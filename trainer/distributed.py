@@ -69,6 +69,8 @@ class Order:
     """The whole batch, sorted by length; each rank takes its shard."""
     version: int = 0
     """The weight version of the model the step starts from (last checkpoint's)."""
+    bonuses: list[float] | None = None
+    """Each sample's exploration bonus (rank 0 reads the counts); None: no exploration."""
 
 
 def setup_rank(cfg: TrainerSettings, device: torch.device) -> Rank:

@@ -21,6 +21,15 @@ importance weights w_t that carry no gradient, and a sample the correction masks
 
     loss     = mean_i m_i * (ce + reward + penalty)                m_i in {0, 1}
 
+With an exploration bonus B_i (`trainer.exploration`; off by default, and then the loss is the
+above exactly) a fourth term weighs the sample's likelihood by beta * B_i, floored so that the
+sample's whole likelihood weight 1 + lambda1 * S + e_i stays >= 0 (a bonus can cancel a
+sample's imitation, never turn it into unbounded unlikelihood):
+
+    e_i      = max(beta * B_i, -(1 + lambda1 * S))
+    explore  = -e_i * mean_t log p(y_t)                            = e_i * ce
+    loss     = mean_i m_i * (ce + reward + penalty + explore)
+
 Memory: the loss needs three numbers per token from the (B, T, V) logits z: the target logit,
 the max logit and the logsumexp, since log p(y_t) = z_y - logsumexp(z) and
 max_j p(j) = exp(max_j z_j - logsumexp(z)). `TokenLogProbs` computes them a chunk of tokens at a
@@ -47,6 +56,7 @@ class LossOutput:
     penalty: Tensor  # (B,)
     ratios: TokenRatios | None = None  # with the samplers' log-probs: the trainer's against them
     kept: Tensor | None = None  # (B,) with them: 0 for the samples the correction masked
+    explore: Tensor | None = None  # (B,) with an exploration bonus: its term
 
 
 class TokenLogProbs(torch.autograd.Function):
@@ -113,6 +123,8 @@ def feedback_augmented_loss(
     chunk_tokens: int = 1024,
     sampler_log_p: Tensor | None = None,
     correction: Correction = NO_CORRECTION,
+    bonus: Tensor | None = None,
+    exploration_coef: float = 0.0,
 ) -> LossOutput:
     """The feedback-augmented loss of a batch (formula in the module docstring).
 
@@ -121,6 +133,7 @@ def feedback_augmented_loss(
     solution_score, reasoning_score (B,) in [0, 1]; is_correct (B,) bool or 0/1.
     sampler_log_p (B, T): the engine's log p of each target (NaN where unknown), to measure
     the trainer against and to apply `correction` with.
+    bonus (B,): each sample's exploration bonus B_i, weighed by `exploration_coef` (beta).
     A sample with no completion token contributes 0 to every part (its means are over nothing).
     """
     assert logits.dim() == 3 and logits.shape[:2] == target_ids.shape == loss_mask.shape
@@ -141,7 +154,13 @@ def feedback_augmented_loss(
     penalty = lambda2 * (1 - s) * mean_max_p * (1 - c)
     if kept is not None:
         ce, reward, penalty = ce * kept, reward * kept, penalty * kept
-    return LossOutput((ce + reward + penalty).mean(), ce, reward, penalty, ratios, kept)
+    if bonus is None:
+        return LossOutput((ce + reward + penalty).mean(), ce, reward, penalty, ratios, kept)
+    # the bonus' weight on the likelihood, at most cancelling the sample's own 1 + lambda1 * S
+    e = torch.maximum(exploration_coef * bonus.to(log_p), -(1 + lambda1 * s))  # (B,)
+    explore = -e * mean_log_p if kept is None else -e * mean_log_p * kept
+    total = (ce + reward + penalty + explore).mean()
+    return LossOutput(total, ce, reward, penalty, ratios, kept, explore)
 
 
 def masked_cross_entropy(logits: Tensor, target_ids: Tensor, loss_mask: Tensor) -> Tensor:

@@ -47,13 +47,20 @@ class StepStats:
     ratio_outside: float | None  # share of tokens with p_trainer / p_sampler outside [1/c, c]
     masked: int  # samples the off-policy correction left out of the loss
     mismatch_kl_by_behind: dict[str, float]  # versions behind ("k", the last "k+") -> KL
+    # with an exploration bonus (trainer.exploration); None: exploration off
+    explore: float | None = None  # the loss' exploration term, batch mean
+    bonus: float | None = None  # mean B_i over the batch, before its coefficient
 
 
 def step_line(s: StepStats) -> str:
     """`step 42 | 1.9s | loss 1.2340 (ce 1.1000 reward 0.2000 penalty 0.3300) | ...`"""
+    explore = bonus = ""
+    if s.explore is not None and s.bonus is not None:
+        explore, bonus = f" explore {s.explore:.4f}", f" | bonus {s.bonus:.3f}"
     return (
         f"step {s.step} | {s.seconds:.1f}s | loss {s.loss:.4f} (ce {s.ce:.4f} "
-        f"reward {s.reward:.4f} penalty {s.penalty:.4f}) | feedback {s.feedback:.3f} | "
+        f"reward {s.reward:.4f} penalty {s.penalty:.4f}{explore}){bonus} | "
+        f"feedback {s.feedback:.3f} | "
         f"acc {s.accuracy:.3f} | {s.samples} samples ({s.skipped} skipped) "
         f"{s.tokens_per_s:.0f} tok/s | "
         f"lr {s.lr:.2e} gnorm {s.grad_norm:.3f} | lag {s.lag} | stale {s.staleness} | "
@@ -81,11 +88,16 @@ class TrainerMetrics:
         self.step = Gauge("gvloop_trainer_step", "Optimizer steps taken.", registry=r)
         self.loss = Gauge(
             "gvloop_trainer_loss",
-            "Batch loss and its parts (total, ce, reward, penalty).",
+            "Batch loss and its parts (total, ce, reward, penalty; explore with exploration on).",
             ["part"],
             registry=r,
         )
         self.feedback = Gauge("gvloop_trainer_feedback", "Mean S of the last batch.", registry=r)
+        self.bonus = Gauge(
+            "gvloop_trainer_exploration_bonus",
+            "Mean exploration bonus B of the last batch (with exploration on).",
+            registry=r,
+        )
         self.accuracy = Gauge("gvloop_trainer_accuracy", "Mean C of the last batch.", registry=r)
         self.throughput = Gauge(
             "gvloop_trainer_tokens_per_second", "Completion tokens per second.", registry=r
@@ -205,6 +217,9 @@ class TrainerMetrics:
         self.step.set(s.step)
         for part in ("loss", "ce", "reward", "penalty"):
             self.loss.labels("total" if part == "loss" else part).set(getattr(s, part))
+        if s.explore is not None and s.bonus is not None:
+            self.loss.labels("explore").set(s.explore)
+            self.bonus.set(s.bonus)
         self.feedback.set(s.feedback)
         self.accuracy.set(s.accuracy)
         self.throughput.set(s.tokens_per_s)
@@ -301,6 +316,8 @@ STEP_TAGS = {
     "ce": "loss/ce",
     "reward": "loss/reward",
     "penalty": "loss/penalty",
+    "explore": "loss/explore",
+    "bonus": "train/exploration_bonus",
     "feedback": "train/feedback",
     "accuracy": "train/accuracy",
     "samples": "train/samples",

@@ -76,6 +76,26 @@ class TrainerSettings(BaseSettings):
     max_mismatch_kl: float | None = Field(default=None, gt=0)
     """Staleness measured instead of counted: leave out of the loss a sample whose mismatch
     (mean over its tokens of r - 1 - log r, r = p_trainer / p_sampler) is over this."""
+    exploration: Literal["none", "count", "batch"] = "none"
+    """Outcome-based exploration bonus B_i on each sample's final answer, as its own likelihood
+    term beta * B_i * ce_i: count, min(1, sqrt(1 / N(x, a))) with N how often the trainer has
+    trained on answer a to problem x (counts kept in Redis); batch, -(1/k) * the number of
+    the other k - 1 samples of its problem in the batch that give the same answer; none: the
+    seed's loss exactly."""
+    exploration_baseline: Literal["none", "mean", "constant"] = "mean"
+    """What count subtracts from each bonus: mean, the mean bonus of the other samples of the
+    same problem in the batch; constant, exploration_b0; none: nothing. Not used by batch."""
+    exploration_coef: float = Field(default=1.0, ge=0)
+    """beta, the bonus' weight on a sample's likelihood (next to 1 + lambda1 * S); the weight
+    never goes below 0: a bonus can cancel a sample's imitation, never reverse it."""
+    exploration_b0: float = Field(default=0.5, ge=0, le=1)
+    """The constant baseline b0 (0.5: an answer's bonus is positive while N < 4)."""
+    exploration_max_answers: int = Field(default=32, ge=1, le=1000)
+    """Distinct answers counted per problem; further ones share one pooled count."""
+    exploration_max_problems: int = Field(default=20_000, ge=1)
+    """Problems whose answer counts Redis keeps; beyond it, those counted longest ago are
+    dropped (their answers count as never seen again). Each takes at most ~2.5 KB of Redis
+    (max_answers 32; ~0.45 KB with short answers): 50 MB at most with the defaults."""
     loss_chunk_tokens: int = Field(default=1024, ge=1)
     """Tokens per chunk of the loss' logsumexp and max over the vocabulary (bounds its memory)."""
     max_steps: int = Field(default=0, ge=0)

@@ -28,6 +28,8 @@ class StepResult:
     accuracy: float  # mean C
     tokens: int  # completion tokens
     mismatch: Mismatch  # the trained policy against the samples' samplers, before the update
+    explore: float | None = None  # with an exploration bonus: the batch mean of its term
+    bonus: float | None = None  # and the batch mean of B_i
 
 
 def get_lr(step: int, cfg: TrainerSettings) -> float:
@@ -86,7 +88,9 @@ def train_step(
     model.train()
     for group in optimizer.param_groups:
         group["lr"] = lr
-    sums = torch.zeros(6, device=device)  # ce, reward, penalty, S, C, tokens over real samples
+    # ce, reward, penalty, explore, S, C, bonus, tokens over real samples
+    sums = torch.zeros(8, device=device)
+    exploring = cfg.exploration != "none"
     tally = MismatchTally(cfg.max_staleness + 2, device)
     last = len(shard.micro_batches) - 1
     for i, (micro, weight) in enumerate(zip(shard.micro_batches, shard.weights, strict=True)):
@@ -116,12 +120,15 @@ def train_step(
                 chunk_tokens=cfg.loss_chunk_tokens,
                 sampler_log_p=micro.sampler_log_p[:, keep],
                 correction=cfg.correction,
+                bonus=micro.bonus if exploring else None,
+                exploration_coef=cfg.exploration_coef,
             )
             (out.loss * weight).backward()
         if weight:  # not a rank's filler
             s = (micro.solution_score + micro.reasoning_score) / 2
-            parts = (out.ce, out.reward, out.penalty, s, micro.is_correct, micro.loss_mask)
-            sums += torch.stack([p.sum() for p in parts]).detach()
+            explore = out.explore if out.explore is not None else torch.zeros_like(out.ce)
+            parts = (out.ce, out.reward, out.penalty, explore, s, micro.is_correct, micro.bonus)
+            sums += torch.stack([*(p.sum() for p in parts), micro.loss_mask.sum()]).detach()
             assert out.ratios is not None and out.kept is not None
             tally.add(out.ratios, micro.versions_behind, out.kept, cfg.is_cap)
     sums = all_ranks_sum(sums)
@@ -131,10 +138,12 @@ def train_step(
     if torch.isfinite(grad_norm):
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    tokens = int(sums[5])  # note: a device sync point
-    ce, reward, penalty, feedback, accuracy = (sums[:5] / shard.batch_samples).tolist()
+    tokens = int(sums[7])  # note: a device sync point
+    ce, reward, penalty, explore, feedback, accuracy, bonus = (
+        sums[:7] / shard.batch_samples
+    ).tolist()
     return StepResult(
-        loss=ce + reward + penalty,
+        loss=ce + reward + penalty + explore if exploring else ce + reward + penalty,
         ce=ce,
         reward=reward,
         penalty=penalty,
@@ -143,4 +152,6 @@ def train_step(
         accuracy=accuracy,
         tokens=tokens,
         mismatch=tally.result(),
+        explore=explore if exploring else None,
+        bonus=bonus if exploring else None,
     )

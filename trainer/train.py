@@ -38,9 +38,10 @@ from services.clients import GeneratorClient, RetryPolicy
 from services.model_files import resolve_model
 from services.queue import open_queue
 from services.redis_checks import check_redis
-from services.redis_server import EmbeddedRedis, ensure_redis
+from services.redis_server import EmbeddedRedis, connect, ensure_redis
 from services.settings import CommonSettings
 from trainer import ckpt
+from trainer.answer_counts import AnswerCounts
 from trainer.batch import sequence_length, shard_batch
 from trainer.ckpt_failures import CheckpointFailures
 from trainer.distributed import (
@@ -52,6 +53,7 @@ from trainer.distributed import (
     setup_rank,
     wrap_model,
 )
+from trainer.exploration import Outcome, compute_bonuses, outcomes
 from trainer.intake import Intake
 from trainer.metrics import StepStats, TrainerMetrics
 from trainer.progress import TrainProgress
@@ -60,6 +62,10 @@ from trainer.step import StepResult, get_lr, setup_device, train_step
 from trainer.swap import SwapPublisher
 
 logger = logging.getLogger("trainer")
+
+
+class StopRequested(Exception):
+    """A stop request came before the step could start."""
 
 
 def setup_model(
@@ -92,7 +98,7 @@ class Replica:
         cfg = self.cfg
         shard = shard_batch(
             order.samples, self.rank.rank, self.rank.world, cfg.micro_batch_size,
-            cfg.max_seq_len, self.pad_id, order.version,
+            cfg.max_seq_len, self.pad_id, order.version, order.bonuses,
         )  # fmt: skip
         # a rank alone may abandon a step; ranks together must all finish it
         stop = should_stop if self.rank.world == 1 else lambda: False
@@ -163,6 +169,7 @@ class Worker:
         self.intake: Intake
         self.publisher: SwapPublisher | None = None
         self.redis: EmbeddedRedis | None = None
+        self.counts: AnswerCounts | None = None  # exploration "count" only
 
     async def setup(self) -> None:
         cfg, common = self.cfg, self.common
@@ -206,6 +213,17 @@ class Worker:
         )
         await self.intake.until_done("create group", queue.ensure_group)
         self.intake.resume(self.state.committed_ids)
+        if cfg.exploration == "count":
+            self.counts = AnswerCounts(
+                connect(redis_url, timeout_s=common.redis_timeout_s), common.stream,
+                self.metrics, max_answers=cfg.exploration_max_answers,
+                max_problems=cfg.exploration_max_problems,
+            )  # fmt: skip
+            await self.intake.until_done(
+                "answer counts",
+                functools.partial(self.counts.resume, self.state.version, self.state.answer_counts),
+            )
+            await self.counts.apply_committed()
         await self.intake.ack_committed()
         if cfg.swap:
             self.publisher = setup_publisher(cfg, self.metrics, self.state.served_version)
@@ -234,7 +252,10 @@ class Worker:
         show = cfg.progress == "on" or (cfg.progress == "auto" and sys.stdout.isatty())
         with TrainProgress(show, cfg.max_steps, self.step) as progress:
             while not self.done():
-                await self.intake.ack_committed()  # left over if Redis was down at the commit
+                # left over if Redis was down at the commit
+                if self.counts is not None:
+                    await self.counts.apply_committed()
+                await self.intake.ack_committed()
                 if self.failures.holding(self.step):
                     await self.hold(idle_s)
                     continue
@@ -247,9 +268,17 @@ class Worker:
                 t0 = time.perf_counter()
                 # by length, so that each micro-batch pads only to its own longest sequence
                 samples = sorted((d.sample for d in deliveries), key=sequence_length)
+                keys = outcomes(samples)
+                try:
+                    bonuses = await self.bonuses(keys)
+                except StopRequested:  # while Redis would not give the answer counts
+                    logger.info(
+                        "stopping: step %d not taken, its samples stay pending", self.step + 1
+                    )
+                    break
                 lr = get_lr(self.step + 1, cfg)
                 order = await asyncio.to_thread(
-                    broadcast, Order("step", lr, samples, self.state.version)
+                    broadcast, Order("step", lr, samples, self.state.version, bonuses)
                 )
                 out = await asyncio.to_thread(self.replica.step, order, self.stopping.is_set)
                 if out is None:
@@ -260,6 +289,8 @@ class Worker:
                 seconds = time.perf_counter() - t0
                 self.step += 1
                 self.intake.record_trained([d.id for d in deliveries])
+                if self.counts is not None:
+                    self.counts.record_trained(keys)
                 self.state.samples_trained += len(deliveries)
                 self.state.tokens_trained += out.tokens
                 oldest = min(d.sample.weight_version for d in deliveries)
@@ -272,7 +303,8 @@ class Worker:
                     lag=await self.intake.lag(), staleness=max(0, self.served_version - oldest),
                     version=self.served_version, mismatch_kl=out.mismatch.kl,
                     ratio_outside=out.mismatch.outside, masked=out.mismatch.masked,
-                    mismatch_kl_by_behind=out.mismatch.kl_by_behind,
+                    mismatch_kl_by_behind=out.mismatch.kl_by_behind, explore=out.explore,
+                    bonus=out.bonus,
                 )  # fmt: skip
                 self.metrics.record_step(stats)
                 self.metrics.uncommitted_steps.set(self.step - self.state.step)
@@ -280,6 +312,25 @@ class Worker:
                 # while checkpoints fail, each step tries again
                 if self.step % cfg.checkpoint_every == 0 or self.failures.failing:
                     await self.commit()
+
+    async def bonuses(self, keys: list[Outcome | None]) -> list[float] | None:
+        """Each sample's exploration bonus (None: exploration off), from its outcome; with
+        counts, N(x, a) as trained so far, read again while Redis fails until a stop request
+        (StopRequested)."""
+        cfg = self.cfg
+        if cfg.exploration == "none":
+            return None
+        seen = None
+        if self.counts is not None:
+            known = [k for k in keys if k is not None]
+            found = await self.counts.seen(known, self.stopping)
+            if found is None:
+                raise StopRequested
+            by_key = dict(zip(known, found, strict=True))
+            seen = [0 if k is None else by_key[k] for k in keys]
+        return compute_bonuses(
+            keys, cfg.exploration, cfg.exploration_baseline, cfg.exploration_b0, seen
+        )
 
     async def hold(self, idle_s: float | None) -> None:
         """Checkpoints failing and as many steps uncommitted as allowed: read nothing, retry
@@ -310,6 +361,9 @@ class Worker:
                 "version": self.state.version + 1,
                 "served_version": self.served_version,
                 "committed_ids": self.intake.commit_ids(),
+                "answer_counts": (
+                    self.counts.commit_batches(self.state.version + 1) if self.counts else []
+                ),
                 "samples_skipped": self.state.samples_skipped + self.intake.skipped,
             }
         )
@@ -326,9 +380,13 @@ class Worker:
         self.failures.written(state.version, first, state.step)
         self.state, self.intake.skipped = state, 0
         self.intake.mark_committed()
+        if self.counts is not None:
+            self.counts.mark_committed(state.answer_counts)
         self.metrics.record_checkpoint(
             state.step, state.version, path, time.perf_counter() - t0, len(state.committed_ids)
         )
+        if self.counts is not None:
+            await self.counts.apply_committed()
         await self.intake.ack_committed()
         protect = (
             {self.publisher.in_flight} if self.publisher and self.publisher.in_flight else set()
@@ -350,6 +408,8 @@ class Worker:
             finished = 0 < self.cfg.max_steps <= self.step
             await self.publisher.stop(self.cfg.swap_timeout_s if finished else 0.0)
         await self.intake.queue.aclose()
+        if self.counts is not None:
+            await self.counts.aclose()
         if self.redis is not None:
             self.redis.stop()
         if collectives:

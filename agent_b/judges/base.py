@@ -83,6 +83,11 @@ class Judge(ABC):
     async def p_yes(self, query: JudgeQuery) -> float:
         """p(Yes) for one question; concurrent calls are batched by the backend."""
 
+    async def weight_version(self) -> int | None:
+        """The weight version the judge answers with now, when its server reports one (a gvloop
+        engine, whose hot swaps change it); None for a judge that reports none."""
+        return None
+
     @abstractmethod
     async def aclose(self) -> None:
         """Release the model, the server connection, background tasks."""

@@ -3,6 +3,11 @@
 Each question is a chat completion of one token with `top_logprobs`; the server applies the
 judge's chat template and batches concurrent requests itself, so this side only bounds how
 many are in flight.
+
+Self-verification: pointed at agent A's own vLLM engine, the judge is the model being trained
+and follows every hot swap. Such an engine reports the weight version it serves (GET
+/weight_info, a route of vLLM's dev mode, which gvloop's engines run in), and each verdict
+reports the version that gave it (`judge_version`); a server without that route reports none.
 """
 
 from __future__ import annotations
@@ -38,6 +43,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 TOP_LOGPROBS = 20  # vLLM's default cap (--max-logprobs)
+BASE_VERSION = "default"  # what vLLM reports before any update_weight_version: gvloop's 0
+# How long load() waits for the server to list its models: about 15 minutes, the engine's own
+# start period in docker-compose.yml, since an engine started beside the verifier (compose, or
+# self-verification) may still be loading its model.
+LOAD_POLICY = RetryPolicy(attempts=40, max_backoff_s=30)
 
 
 # The parts of OpenAI's responses read here; anything else they carry is ignored.
@@ -70,6 +80,18 @@ class ChatCompletion(BaseModel):
     choices: list[Choice]
 
 
+class WeightInfo(BaseModel):  # vLLM's GET /weight_info
+    weight_version: str | None = None
+
+
+def parse_version(raw: str | None) -> int | None:
+    """vLLM's weight version string as gvloop's int (as agent_a.engine_pool reads it); None
+    for one that is not a gvloop version."""
+    if raw == BASE_VERSION:
+        return 0
+    return int(raw) if raw is not None and raw.isdigit() else None
+
+
 class OpenAIJudge(Judge):
     what = "remote judge"
 
@@ -85,6 +107,8 @@ class OpenAIJudge(Judge):
         )
         self.policy = RetryPolicy(attempts=3)
         self._in_flight = asyncio.Semaphore(settings.max_batch_size)
+        self.versioned = False
+        """Whether the server reports its weight version (a gvloop engine)."""
 
     async def load(self) -> None:
         """Wait until the server lists its models; pick the judge among them."""
@@ -93,15 +117,45 @@ class OpenAIJudge(Judge):
             "GET",
             "/v1/models",
             what=self.what,
-            policy=RetryPolicy(attempts=10, max_backoff_s=30),
+            policy=LOAD_POLICY,
         )
         served = [card.id for card in parse(response, ModelList, self.what).data]
         if self.settings.judge_model is None and served:
             self.name = served[0]
         elif self.settings.judge_model not in served:
             raise JudgeUnavailableError(f"{self.url} does not serve {self.name!r}: {served}")
+        try:
+            version = await self._read_version()
+        except (ServiceError, ValidationError):
+            version = None  # another kind of server, whose answer means something else
+        self.versioned = version is not None
         self.ready = True
-        logger.info("judge ready: %s at %s", self.name, self.url)
+        logger.info(
+            "judge ready: %s at %s, %s",
+            self.name,
+            self.url,
+            f"weight version {version}" if self.versioned else "which reports no weight version",
+        )
+
+    async def _read_version(self) -> int | None:
+        """The server's weight version; None when it has no such route or another kind."""
+        response = await request_with_retry(
+            self.http, "GET", "/weight_info", what=self.what, policy=self.policy
+        )
+        if response.status_code == 404:
+            return None
+        return parse_version(parse(response, WeightInfo, self.what).weight_version)
+
+    async def weight_version(self) -> int | None:
+        if not self.versioned:
+            return None
+        try:
+            version = await self._read_version()
+        except (ServiceUnavailableError, ServiceError, ValidationError) as exc:
+            raise JudgeUnavailableError(f"the judge's weight version: {exc}") from exc
+        if version is None:
+            raise JudgeUnavailableError(f"{self.url} no longer reports a weight version")
+        return version
 
     async def p_yes(self, query: JudgeQuery) -> float:
         body = {

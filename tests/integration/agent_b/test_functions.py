@@ -67,6 +67,7 @@ def test_a_number_decides_every_route(checks: Path, tiny_model_dir: Path) -> Non
             "decided_by": "function",
             "judge_p_correct": None,
             "judge_p_reasoning": None,
+            "judge_version": None,
             "arithmetic_checked": 0,
             "arithmetic_correct": 0,
             "model": spec,

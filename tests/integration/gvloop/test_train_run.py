@@ -1,6 +1,8 @@
 """`gvloop up --train/--heldout` on a task of a user's own (files in a temporary directory, the
 answer under another column, a verifier function from a file) on the tiny model: it trains,
-hot-swaps and measures as the demo does until its trainer's last step (`--max-steps`), then
+hot-swaps and measures as the demo does until its trainer's last step (`--max-steps`), with
+the generation-verification gap of its held-out samples judged by the served model itself
+(`--gap-threshold`, `--self-verify`), then
 leaves the last served version in `<run_dir>/model`, which transformers loads as it is and which
 answers greedily what the engine answered last; `--resume` goes on with it from its newest
 checkpoint and its place in the training data until every problem is fed once (`--epochs`)."""
@@ -99,6 +101,10 @@ def task_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
             # pass@2 of 4 samples: a problem with 1 to 3 right samples counts in between
             "--passk-k",
             "2",
+            # each held-out sample judged by the engine's model without its reference
+            "--gap-threshold",
+            "0.5",
+            "--self-verify",
         ),
         env=TRAINER,
     )
@@ -108,7 +114,9 @@ def task_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     up.finish()
 
 
-def test_a_train_run_leaves_the_served_model_that_transformers_loads(task_run: Run) -> None:
+def test_a_train_run_leaves_the_served_model_that_transformers_loads(
+    task_run: Run, tiny_model_dir: Path
+) -> None:
     run = task_run.up
     assert run.finish(timeout_s=1200) == 0, run.output
     (line,) = [line for line in run.lines if line.startswith("run directory")]
@@ -136,6 +144,13 @@ def test_a_train_run_leaves_the_served_model_that_transformers_loads(task_run: R
         assert point["heldout_distinct_stderr"] == pytest.approx(distinct_stderr)
     # the checker's coin: some samples right, some wrong
     assert 0 < sum(s["correct"] for s in samples) < len(samples)
+    for point in curve:
+        check_gap(point, [s for s in samples if s["version"] == point["version"]])
+        # the judge is the served model: the version that generated the samples judged them
+        assert point["gap_judge"]["verifier"] == tiny_model_dir.name
+        assert point["gap_judge"]["judge_versions"] == [point["version"]]
+    assert "| reference (upper bound) |" in run.output  # the gap's table, under the curve's
+    assert "judge gap " in (run_dir / "logs" / "gvloop.log").read_text()  # the held-out line
     # the training samples v0 generated (the trainer's one step trained on them)
     assert curve[0]["all_wrong_fraction"] is not None and curve[0]["all_right_fraction"] is not None
     assert "pass@2 (n=4)" in run.output  # the table's column
@@ -159,6 +174,38 @@ def test_a_train_run_leaves_the_served_model_that_transformers_loads(task_run: R
         assert answer["solution"].startswith(
             tok.decode(completion.completion_ids[:TOKENS], skip_special_tokens=True)
         )
+
+
+def check_gap(point: dict, rows: list[dict]) -> None:
+    """The point's gaps, recomputed from its samples' rows: right by the checker, the judge's
+    p(correct) without the reference, kept at 0.5 (docs/make-run.md's formulas)."""
+    right = [row["correct"] for row in rows]
+    scores = [row["judge_p_correct"] for row in rows]
+    raw = sum(right) / len(right)
+    kept = [r for r, p in zip(right, scores, strict=True) if p >= 0.5]
+    judge = point["gap_judge"]
+    assert (judge["samples"], judge["threshold"], judge["kept"]) == (len(rows), 0.5, len(kept))
+    assert judge["raw_accuracy"] == pytest.approx(raw)
+    if kept:
+        assert judge["kept_accuracy"] == pytest.approx(sum(kept) / len(kept))
+        assert judge["gap"] == pytest.approx(sum(kept) / len(kept) - raw)
+    else:
+        assert judge["kept_accuracy"] is None and judge["gap"] is None
+    if judge["gap"] is not None and raw < 1:
+        assert judge["relative_gap"] == pytest.approx(judge["gap"] / (1 - raw))
+    else:
+        assert judge["relative_gap"] is None
+    agree = [(p >= 0.5) == r for r, p in zip(right, scores, strict=True)]
+    assert judge["verifier_accuracy"] == pytest.approx(sum(agree) / len(agree))
+    right_scores = [p for p, r in zip(scores, right, strict=True) if r]
+    wrong_scores = [p for p, r in zip(scores, right, strict=True) if not r]
+    pairs = [(p, q) for p in right_scores for q in wrong_scores]
+    wins = [1.0 if p > q else 0.5 if p == q else 0.0 for p, q in pairs]
+    assert judge["auc"] == (pytest.approx(sum(wins) / len(wins)) if pairs else None)
+    # the reference keeps exactly the right samples: the upper bound
+    reference = point["gap_reference"]
+    assert (reference["kept"], reference["raw_accuracy"]) == (sum(right), pytest.approx(raw))
+    assert reference["gap"] == (pytest.approx(1 - raw) if any(right) else None)
 
 
 def per_problem(rows: list[dict]) -> dict[str, list[dict]]:
@@ -211,3 +258,8 @@ def test_resume_goes_on_from_the_newest_checkpoint_and_the_place_in_the_data(
     versions = [p["version"] for p in curve]
     assert versions == sorted(set(versions)) and len(curve) > len(before)
     assert curve[-1]["at_s"] >= before[-1]["at_s"]
+    # the gap goes on as recorded (run.json), judged by the verifier's own local judge now that
+    # --self-verify was not given again: a judge that reports no weight version
+    for point in curve[len(before) :]:
+        assert point["gap_judge"]["judge_versions"] is None
+        assert point["gap_judge"]["verifier"] == str(tiny_model_dir)

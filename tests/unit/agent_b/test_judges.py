@@ -7,6 +7,7 @@ import math
 import pytest
 
 from agent_b.judges.base import QUESTIONS, JudgeQuery, judge_messages, p_yes_from_logprobs
+from agent_b.judges.remote import parse_version
 
 
 def test_prompt_carries_problem_solution_and_question() -> None:
@@ -41,3 +42,16 @@ def test_long_texts_lose_their_middle_not_the_answer() -> None:
 )
 def test_p_yes_from_logprobs(yes: list[float], no: list[float], expected: float) -> None:
     assert p_yes_from_logprobs(yes, no) == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("default", 0),  # vLLM's before any update_weight_version: the base model
+        ("7", 7),  # what agent A's hot swap sets
+        ("step-7", None),  # another trainer's naming: not a gvloop version
+        (None, None),
+    ],
+)
+def test_the_remote_judges_weight_version(raw: str | None, expected: int | None) -> None:
+    assert parse_version(raw) == expected

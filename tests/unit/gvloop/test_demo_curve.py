@@ -10,6 +10,7 @@ import pytest
 
 from gvloop.curve import EvalPoint, curve_table, heldout_summary, load_curve, plot_curve
 from gvloop.demo import Demo, DemoConfig, Served
+from gvloop.gap import compute_gap, reference_gap
 
 
 def point(version: int, correct: int, **extra: object) -> EvalPoint:
@@ -163,3 +164,55 @@ def test_pass_at_k_needs_k_samples() -> None:
         DemoConfig(passk_n=2, passk_k=4)
     assert DemoConfig(passk_n=0, passk_k=4).passk_n == 0  # off
     assert DemoConfig(passk_n=8, passk_k=4).passk_n == 8
+
+
+# 2 of 5 samples right; the judge keeps 0.9 (right) and 0.6 (wrong): tests/unit/gvloop/test_gap.py
+RIGHT = [True, True, False, False, False]
+GAP = {
+    "gap_judge": compute_gap(RIGHT, [0.9, 0.4, 0.6, 0.2, 0.4], 0.5, "/models/tiny-seed0", [1, 2]),
+    "gap_reference": reference_gap(RIGHT),
+}
+
+
+def test_the_gap_table_shows_the_judge_and_the_reference_once_measured() -> None:
+    curve = [point(0, 43, **SAMPLED), point(1, 61, **SAMPLED, **GAP)]
+    table = curve_table(curve).splitlines()
+    assert "gap" not in table[0]  # the curve's own columns stay as they were
+    gap = table[table.index("") + 1 :]
+    assert gap[1] == (
+        "| version | verifier | samples | raw accuracy | kept | kept accuracy | gap (points) "
+        "| relative gap | verifier accuracy | AUC |"
+    )
+    # v0 was not judged: no row; the judge's model by its name, with its weight versions
+    assert gap[3:] == [
+        "| v1 | judge tiny-seed0, p >= 0.5 (weights v1, v2) | 5 | 40.0% | 2 | 50.0% | +10.0 "
+        "| 0.17 | 60.0% | 0.75 |",
+        "| v1 | reference (upper bound) | 5 | 40.0% | 2 | 100.0% | +60.0 | 1.00 | 100.0% | 1.00 |",
+    ]
+    assert "Generation-verification gap" not in curve_table(curve[:1])
+
+
+def test_held_out_summary_line_with_the_gap() -> None:
+    assert heldout_summary(point(3, 61, **SAMPLED, **GAP)) == (
+        "accuracy 61.0% ± 4.9, pass@4 80.0% ± 3.1, 0.45 distinct per problem (100 problems); "
+        "judge gap +10.0 points (relative 0.17): keeps 2/5 at p >= 0.5, 50.0% right vs 40.0% "
+        "raw; judge accuracy 60.0%, AUC 0.75"
+    )
+    # nothing kept, every sample right: no gap, no relative gap, no AUC
+    nothing = compute_gap([True, True], [0.1, 0.2], 0.5, "judge")
+    assert heldout_summary(point(3, 61, **SAMPLED, gap_judge=nothing)).endswith(
+        "; judge gap - (relative -): keeps 0/2 at p >= 0.5 vs 100.0% raw; judge accuracy 0.0%"
+    )
+
+
+def test_a_curve_with_the_gap_round_trips_through_json(tmp_path: Path) -> None:
+    curve = [point(0, 43, **SAMPLED, **GAP)]
+    (tmp_path / "curve.json").write_text(json.dumps([p.model_dump() for p in curve]))
+    assert load_curve(tmp_path / "curve.json") == curve
+
+
+def test_the_gap_needs_held_out_samples() -> None:
+    with pytest.raises(ValueError, match="gap_threshold needs held-out samples"):
+        DemoConfig(passk_n=0, gap_threshold=0.5)
+    assert DemoConfig().gap_threshold is None  # off by default
+    assert DemoConfig(gap_threshold=0.7).gap_threshold == 0.7

@@ -56,6 +56,7 @@ def test_a_bad_row_stops_up_before_anything_starts(tmp_path: Path, task: tuple[P
             "c.py:f: no file",
         ),
         (["--demo", "--passk-n", "2"], "passk_n (2) must be at least passk_k (4)"),
+        (["--demo", "--passk-n", "0", "--gap-threshold", "0.5"], "gap_threshold needs held-out"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(

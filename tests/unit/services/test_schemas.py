@@ -69,6 +69,13 @@ class TestSample:
         sample = Sample.model_validate(raw)
         assert sample.schema_version == 1 and sample.completion_logprobs is None
 
+    def test_a_schema_2_entry_without_an_extracted_answer_parses(self) -> None:
+        # what a generator from before the field left in the stream: no exploration bonus
+        raw = json.loads(make_sample(extracted_answer="5").model_dump_json())
+        assert raw["extracted_answer"] == "5"
+        del raw["extracted_answer"]
+        assert Sample.model_validate(raw).extracted_answer is None
+
     def test_logprobs_travel_with_their_tokens(self) -> None:
         sample = make_sample(completion_logprobs=[-0.5, -9999.0, 0.0])
         assert Sample.model_validate_json(sample.model_dump_json()) == sample

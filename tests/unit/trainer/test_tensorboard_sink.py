@@ -49,6 +49,8 @@ def step(n: int, loss: float) -> dict[str, object]:
         ratio_outside=0.01,
         masked=0,
         mismatch_kl_by_behind={"0": 1e-4, "1": 2e-3},
+        explore=-0.125,
+        bonus=0.5,
     )
     return {"event": "step", "time": 1000.0 + n, **asdict(stats)}
 
