@@ -38,7 +38,7 @@ run: install
 
 test: install-test
 	$(BIN)/ruff check .
-	$(BIN)/pytest
+	$(BIN)/pytest --numprocesses 2 --dist loadgroup
 
 bench: install
 	for script in bench/*.py; do $(BIN)/python $$script || exit 1; done

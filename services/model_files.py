@@ -74,7 +74,18 @@ def prepare_default_model(data_dir: Path) -> Path:
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     (tmp / _DONE_MARKER).write_text(json.dumps({"source": f"{GGUF_PACKAGE}/{GGUF_FILE}"}))
+    # several services (or test workers) may prepare it at once on a fresh machine: the first
+    # rename wins, and what the others converted is dropped rather than swapped in under it
+    if (target / _DONE_MARKER).exists():
+        shutil.rmtree(tmp, ignore_errors=True)
+        return target
     shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    try:
+        tmp.rename(target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / _DONE_MARKER).exists():
+            raise
+        return target
     logger.info("default model ready in %s (%.1fs)", target, time.perf_counter() - started)
     return target

@@ -11,6 +11,24 @@ import redis.asyncio as aioredis
 
 from services.redis_server import EmbeddedRedis, connect
 
+# packages whose fixtures start servers once for all their modules (package or session scope)
+SHARED_SETUP = (
+    "tests/integration/agent_a/",
+    "tests/integration/agent_b/",
+    "tests/reliability/pipeline/",
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`make test` runs two pytest-xdist workers (`--dist loadgroup`): each group runs on one
+    worker, in order. A package in SHARED_SETUP is one group, so its servers start once; any
+    other module is a group of its own, so its module fixtures do too."""
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        group = next((p for p in SHARED_SETUP if module.startswith(p)), module)
+        item.add_marker(pytest.mark.xdist_group(group))
+
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent_a.engine_pool import FLIP_METHOD, STAGE_METHOD
+from agent_a.engine_pool import FLIP_METHOD, RELOAD_METHOD
 from gvloop.launcher import Launcher, free_ports
 from gvloop.stack import engine_component
 from services.redis_server import EmbeddedRedis
@@ -43,8 +43,12 @@ class Engines:
     proxies: list[EngineProxy]
     root: Path
 
-    async def swap(self, checkpoint: str, version: int) -> httpx.Response:
-        body = {"checkpoint_dir": str(self.root / checkpoint), "version": version}
+    async def swap(self, checkpoint: str, version: int, strategy: str = "stage") -> httpx.Response:
+        body = {
+            "checkpoint_dir": str(self.root / checkpoint),
+            "version": version,
+            "strategy": strategy,
+        }
         async with httpx.AsyncClient(base_url=self.generator.url, timeout=300) as http:
             return await http.post("/weights", json=body)
 
@@ -225,17 +229,15 @@ async def test_a_stream_a_swap_pauses_records_its_stall_apart(engines: Engines) 
     before_swap, before_plain = recorded("yes"), recorded("no")
     async with httpx.AsyncClient(base_url=engines.generator.url, timeout=300) as http:
         assert await stream(http, asyncio.Event()) == 1500  # no swap while it streams
-        staging = engines.proxies[0].add(Fault("/collective_rpc", STAGE_METHOD, hold=True))
-        flip = engines.proxies[1].add(Fault("/collective_rpc", FLIP_METHOD, hold=True))
-        swap = asyncio.create_task(engines.swap("step_1", 109))
-        await staging.wait_held()
+        reload = engines.proxies[1].add(Fault("/collective_rpc", RELOAD_METHOD, hold=True))
         first_chunk = asyncio.Event()
         streamed = asyncio.create_task(stream(http, first_chunk))
         await first_chunk.wait()
-        staging.release()  # the swap pauses the stream, then holds it paused in the flip
-        await flip.wait_held()
+        # a reload pauses at once (nothing to stage first), then holds both engines paused
+        swap = asyncio.create_task(engines.swap("step_1", 109, strategy="reload"))
+        await reload.wait_held()
         await asyncio.sleep(hold_s)
-        flip.release()
+        reload.release()
         assert (await swap).status_code == 200
         assert await streamed == 1500
     count, total = recorded("yes")

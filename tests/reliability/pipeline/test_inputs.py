@@ -27,12 +27,17 @@ pytestmark = pytest.mark.slow
 def bound_generation(case: Case) -> None:
     """A valid fuzzed request may ask for 256 problems x 16 samples x 4096 tokens: cap the
     work of valid values (2 problems, n 2, 4 tokens at most and at least), leave invalid ones
-    as generated."""
+    as generated. A chat completion that names no limit gets one: its default is the context."""
     body = case.body if isinstance(case.body, dict) else {}
     if isinstance(body.get("problems"), list) and 1 <= len(body["problems"]) <= MAX_BATCH:
         body["problems"] = body["problems"][:2]
     if type(body.get("n")) is int and 1 <= body["n"] <= 16:
         body["n"] = min(body["n"], 2)
+    for field in ("max_tokens", "max_completion_tokens"):
+        if type(body.get(field)) is int and 1 <= body[field] <= 4096:
+            body[field] = min(body[field], 4)
+    if "messages" in body and not {"max_tokens", "max_completion_tokens"} & body.keys():
+        body["max_tokens"] = 4
     sampling = body.get("sampling")
     if not isinstance(sampling, dict):
         return
