@@ -64,6 +64,9 @@ class EvalPoint(BaseModel):
     swap_stopped_s: float | None = None
     """How long the hot swap that brought this version in stopped generation (None: the base
     model, or not known)."""
+    swaps_stopped_s: list[float] = []
+    """How long each hot swap since the previous point's version stopped generation, this
+    version's included: versions swapped in while another was being evaluated have no point."""
 
     @property
     def accuracy(self) -> float:
@@ -199,11 +202,22 @@ def curve_table(curve: list[EvalPoint]) -> str:
         "|" + "---|" * len(columns),
     ]
     lines += ["| " + " | ".join(cell(p) for _, cell in columns) + " |" for p in curve]
-    if spread := Spread.of([p.swap_stopped_s for p in curve if p.swap_stopped_s is not None]):
+    if spread := Spread.of(swaps_stopped(curve)):
         lines.append(f"\nGeneration stopped by the hot swaps: {spread}")
     if any(p.gap_judge is not None for p in curve):
         lines.append(f"\n{gap_table(curve)}")
     return "\n".join(lines)
+
+
+def swaps_stopped(curve: list[EvalPoint]) -> list[float]:
+    """How long each hot swap up to the curve's last version stopped generation (a curve saved
+    before points listed every swap: those of its measured versions)."""
+    return [
+        stopped
+        for p in curve
+        for stopped in p.swaps_stopped_s
+        or ([p.swap_stopped_s] if p.swap_stopped_s is not None else [])
+    ]
 
 
 def gap_table(curve: list[EvalPoint]) -> str:

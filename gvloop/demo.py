@@ -348,8 +348,11 @@ class Demo:
     def _attach_sample_stats(self, curve: list[EvalPoint]) -> None:
         """What each version of this run sampled, and how long its swap stopped generation (a
         resumed run's earlier points stay as they were)."""
-        for point in curve[self.earlier_points :]:
+        for i, point in enumerate(curve[self.earlier_points :], start=self.earlier_points):
             point.swap_stopped_s = self.state.pauses.get(point.version, point.swap_stopped_s)
+            after = curve[i - 1].version if i else point.version
+            since = [s for v, s in sorted(self.state.pauses.items()) if after < v <= point.version]
+            point.swaps_stopped_s = since or point.swaps_stopped_s
             if stats := self.feeder.by_version.get(point.version):
                 point.sampled = stats.samples
                 point.sampled_correct = stats.correct

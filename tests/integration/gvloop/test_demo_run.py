@@ -129,6 +129,9 @@ def test_demo_output_logs_and_run_directory(demo: Up) -> None:
     events = [json.loads(line) for line in (run / "trainer-metrics.jsonl").read_text().splitlines()]
     steps = [e["step"] for e in events if e["event"] == "step"]
     assert steps and steps == sorted(steps)
+    # each point lists how long the swaps up to its version stopped generation
+    swaps = {e["version"]: e["stopped_s"] for e in events if e.get("outcome") == "ok"}
+    assert [p["swaps_stopped_s"] for p in curve[1:]] == [[swaps[p["version"]]] for p in curve[1:]]
 
     (events_file,) = (run / "tensorboard").glob("events.out.tfevents.*")
     tags = tensorboard_tags(events_file)

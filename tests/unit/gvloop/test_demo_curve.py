@@ -43,6 +43,18 @@ def test_table_shows_every_point_with_its_error_and_diversity() -> None:
     )
 
 
+def test_the_swap_summary_counts_the_swaps_of_versions_without_a_point() -> None:
+    # v2 and v3 were swapped in while v1 was being evaluated; v4 was measured next
+    curve = [
+        point(0, 20),
+        point(1, 55, swap_stopped_s=0.1, swaps_stopped_s=[0.1]),
+        point(4, 60, swap_stopped_s=0.4, swaps_stopped_s=[0.2, 0.3, 0.4]),
+    ]
+    assert curve_table(curve).endswith(
+        "Generation stopped by the hot swaps: p50 0.25s, p95 0.39s, max 0.40s over 4"
+    )
+
+
 SAMPLED = {
     "passk_n": 4,
     "passk_k": 4,
