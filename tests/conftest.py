@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from xdist.remote import Producer
+from xdist.scheduler import LoadScopeScheduling
 
 from services.redis_server import EmbeddedRedis, connect
 
@@ -19,15 +21,18 @@ SHARED_SETUP = (
 )
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """`make test` runs two pytest-xdist workers (`--dist loadgroup`): each group runs on one
-    worker, in order. A package in SHARED_SETUP is one group, so its servers start once; any
-    other module is a group of its own, so its module fixtures do too."""
-    for item in items:
-        module = item.nodeid.split("::", 1)[0]
-        group = next((p for p in SHARED_SETUP if module.startswith(p)), module)
-        item.add_marker(pytest.mark.xdist_group(group))
+class ModuleScheduling(LoadScopeScheduling):
+    """`make test` runs two pytest-xdist workers: each module runs whole on one of them, in
+    order, and so does each package in SHARED_SETUP, so nothing starts twice. (xdist's own
+    `loadgroup` marks do not reach its scheduler under pytest 9, which made node ids read-only.)"""
+
+    def _split_scope(self, nodeid: str) -> str:
+        module = nodeid.split("::", 1)[0]
+        return next((p for p in SHARED_SETUP if module.startswith(p)), module)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Producer) -> ModuleScheduling:
+    return ModuleScheduling(config, log)
 
 
 @pytest.fixture(scope="session")
