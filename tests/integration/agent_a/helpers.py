@@ -83,7 +83,8 @@ async def wait_engine_running(
     timeout_s: float = 120,
 ) -> None:
     """Until vLLM reports `count` requests running (its Prometheus gauge); fails at once, with
-    its outcome, if one of the `requests` that should be running ended."""
+    its outcome, if one of the `requests` that should be running failed, or all of them ended
+    (one may end between two reads of the gauge: the others still run)."""
     gauge = re.compile(r"^vllm:num_requests_running\{[^}]*\} ([0-9.]+)$", re.MULTILINE)
     running = 0.0
     async with httpx.AsyncClient(base_url=engine_url, timeout=10) as http:
@@ -92,8 +93,10 @@ async def wait_engine_running(
             if running >= count:
                 return
             ended = [t for t in requests if t.done()]
-            if ended:
-                outcome = ended[0].exception() or ended[0].result()
-                raise AssertionError(f"a request ended before {count} were running: {outcome!r}")
+            if failed := [t.exception() for t in ended if t.exception() is not None]:
+                raise AssertionError(f"a request failed before {count} were running: {failed[0]!r}")
+            if ended and len(ended) == len(requests):
+                outcome = ended[0].result()
+                raise AssertionError(f"the requests ended before {count} were running: {outcome!r}")
             await asyncio.sleep(0.1)
     raise AssertionError(f"the engine never had {count} requests running (last seen: {running})")
