@@ -253,7 +253,13 @@ class Chat:
             self.prompt, prompt_ids, completions, version, self.created
         )
         return [
-            LearnedSample(index=i, sample_id=s.sample_id, feedback=s.feedback, queued=s.queued)
+            LearnedSample(
+                index=i,
+                sample_id=s.sample_id,
+                feedback=s.feedback,
+                queued=s.queued,
+                queue_id=s.queue_id,
+            )
             for i, s in enumerate(solutions)
         ]
 

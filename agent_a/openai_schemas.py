@@ -130,6 +130,11 @@ class LearnedSample(BaseModel):
     sample_id: str
     feedback: VerifyResponse
     queued: bool
+    queue_id: str | None = Field(
+        default=None,
+        description="Its entry in the training stream (what the trainer's checkpoints commit). "
+        "None: not queued, because the queue was full or Redis failed.",
+    )
 
 
 class GvloopExtension(BaseModel):

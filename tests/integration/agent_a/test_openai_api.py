@@ -136,6 +136,9 @@ async def test_reference_answer_is_verified_and_queued(
     for choice, entry in zip(completion.choices, learned, strict=True):
         sample = samples[entry["sample_id"]]
         assert sample.solution == choice.message.content
+        # the stream entry the trainer's checkpoints will commit
+        stream = generator.common.stream
+        assert await redis_client.xrange(stream, entry["queue_id"], entry["queue_id"])
         assert (sample.problem, sample.reference_answer) == ("What is 2 + 3?", "5")
         assert [m.role for m in sample.messages] == ["system", "user"]
         assert sample.weight_version == version
