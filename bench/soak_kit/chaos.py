@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import httpx
 
@@ -37,15 +37,7 @@ FaultKind = Literal[
     "disk_full",
     "corrupt_swap",
 ]
-KINDS: tuple[FaultKind, ...] = (
-    "trainer_kill",
-    "engine_kill",
-    "redis_kill",
-    "verifier_stop",
-    "generator_kill",
-    "disk_full",
-    "corrupt_swap",
-)
+KINDS: tuple[FaultKind, ...] = get_args(FaultKind)
 # room the trainer's metrics file keeps while the disk is "full": its JSON lines (the skip
 # records the accounting reads) must still land; a checkpoint's weights file must not
 METRICS_ROOM_BYTES = 4 * 2**20
